@@ -1,0 +1,187 @@
+//! HTTP routes of the control API and the mapping of errors to status codes (in one place: `ApiError`).
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use berth_deploy::{Platform, PlatformError};
+use berth_supervisor::logs::LogQuery;
+use bytes::Bytes;
+use tokio::sync::{Notify, broadcast, mpsc};
+
+use crate::body::ChannelBody;
+use crate::wire::{ErrorBody, LogsQuery, ScaleRequest, ServiceView};
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub platform: Arc<Platform>,
+    /// Bearer token every `/v1` call must carry; the daemon keeps it in a 0600 file in its state dir.
+    pub token: Arc<str>,
+    /// Notified by `POST /v1/shutdown`; the daemon then stops every service and exits.
+    pub shutdown: Arc<Notify>,
+}
+
+/// Serves the control API on `listener` until the task is dropped.
+pub async fn serve(listener: tokio::net::TcpListener, state: ApiState) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).await
+}
+
+pub fn router(state: ApiState) -> Router {
+    let v1 = Router::new()
+        .route("/status", get(status))
+        .route("/services/{name}", get(service))
+        .route("/services/{name}/scale", post(scale))
+        .route("/services/{name}/restart", post(restart))
+        .route("/services/{name}/stop", post(stop))
+        .route("/services/{name}/start", post(start))
+        .route("/services/{name}/logs", get(logs))
+        .route("/shutdown", post(shutdown))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new().route("/healthz", get(|| async { "ok" })).nest("/v1", v1).with_state(state)
+}
+
+enum ApiError {
+    Unauthorized,
+    UnknownService(String),
+    Internal(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, error, hint) = match self {
+            ApiError::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong bearer token".to_owned(),
+                Some("use the token in the daemon's state dir (file `token`)".to_owned()),
+            ),
+            ApiError::UnknownService(name) => (
+                StatusCode::NOT_FOUND,
+                format!("no service named `{name}`"),
+                Some("`berth ps` lists the services".to_owned()),
+            ),
+            ApiError::Internal(error) => (StatusCode::INTERNAL_SERVER_ERROR, error, None),
+        };
+        (status, Json(ErrorBody { error, hint })).into_response()
+    }
+}
+
+impl From<PlatformError> for ApiError {
+    fn from(error: PlatformError) -> Self {
+        match error {
+            PlatformError::UnknownService(name) => ApiError::UnknownService(name),
+            PlatformError::Supervisor(berth_supervisor::SupervisorError::UnknownService(name)) => {
+                ApiError::UnknownService(name)
+            }
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+async fn require_token(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !constant_time_eq(presented.as_bytes(), state.token.as_bytes()) {
+        return ApiError::Unauthorized.into_response();
+    }
+    next.run(req).await
+}
+
+async fn status(State(state): State<ApiState>) -> Json<Vec<ServiceView>> {
+    let statuses = state.platform.status().await;
+    Json(statuses.iter().map(ServiceView::from_status).collect())
+}
+
+async fn service(State(state): State<ApiState>, Path(name): Path<String>) -> Result<Json<ServiceView>, ApiError> {
+    let status = state.platform.service_status(&name).await?;
+    Ok(Json(ServiceView::from_status(&status)))
+}
+
+async fn scale(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    Json(req): Json<ScaleRequest>,
+) -> Result<StatusCode, ApiError> {
+    state.platform.scale(&name, req.replicas)?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+async fn restart(State(state): State<ApiState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    state.platform.restart(&name)?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+async fn stop(State(state): State<ApiState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    state.platform.stop(&name)?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+async fn start(State(state): State<ApiState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    state.platform.start(&name)?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+async fn shutdown(State(state): State<ApiState>) -> StatusCode {
+    state.shutdown.notify_one();
+    StatusCode::ACCEPTED
+}
+
+/// Logs as NDJSON: the stored lines matching the query, then (with `follow`) new lines as they come.
+async fn logs(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    Query(query): Query<LogsQuery>,
+) -> Result<Response, ApiError> {
+    let supervisor = state.platform.supervisor();
+    if !supervisor.has_service(&name) {
+        return Err(ApiError::UnknownService(name));
+    }
+    let store = supervisor.logs();
+    // Subscribe before reading history, so no line falls between the two.
+    let mut live = query.follow.then(|| store.follow(&name));
+    let history = store
+        .query(&name, &LogQuery { replica: query.replica, since_ms: query.since_ms, tail: query.tail })
+        .map_err(|error| ApiError::Internal(format!("cannot read logs of `{name}`: {error}")))?;
+    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    let replica = query.replica;
+    tokio::spawn(async move {
+        let mut last_ms = 0;
+        for line in history {
+            last_ms = line.ts_ms;
+            if tx.send(ndjson(&line)).await.is_err() {
+                return;
+            }
+        }
+        let Some(live) = live.as_mut() else { return };
+        loop {
+            match live.recv().await {
+                Ok(line) if line.ts_ms < last_ms || replica.is_some_and(|r| r != line.replica) => {}
+                Ok(line) => {
+                    if tx.send(ndjson(&line)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], axum::body::Body::new(ChannelBody { rx })).into_response())
+}
+
+fn ndjson(line: &berth_supervisor::logs::LogLine) -> Bytes {
+    let mut bytes = serde_json::to_vec(line).unwrap_or_default();
+    bytes.push(b'\n');
+    Bytes::from(bytes)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

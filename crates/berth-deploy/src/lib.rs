@@ -1,0 +1,13 @@
+//! Turns desired state into running services: the store of what should run, the translation of a spec into
+//! supervisor input, and the platform that applies both. Startup is a deploy from the empty state: boot and
+//! `berth up DIR` go through the same `Platform::apply` path.
+
+mod load;
+mod platform;
+mod store;
+mod translate;
+
+pub use load::{LoadError, LoadedService, discover, load_dir, run_build};
+pub use platform::{Platform, PlatformError};
+pub use store::{DesiredService, Store, StoreError};
+pub use translate::to_service_config;

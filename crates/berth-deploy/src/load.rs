@@ -1,0 +1,104 @@
+//! Reading service directories: find `app.toml` files, parse them, run their build step.
+
+use std::path::{Path, PathBuf};
+
+use berth_spec::Spec;
+
+/// A service directory whose app.toml parsed cleanly.
+#[derive(Debug, Clone)]
+pub struct LoadedService {
+    /// Absolute service directory.
+    pub dir: PathBuf,
+    pub file: PathBuf,
+    pub source: String,
+    pub spec: Spec,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("no app.toml in {path}")]
+    NoSpec { path: String },
+    /// The spec is invalid; `rendered` holds every diagnostic, ready to print.
+    #[error("{path} is invalid:\n{rendered}")]
+    Invalid { path: String, rendered: String },
+    #[error("build of `{service}` failed: {detail}")]
+    Build { service: String, detail: String },
+}
+
+impl LoadError {
+    /// What the user can do about it.
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            LoadError::NoSpec { .. } => Some("run `berth init DIR` to create one, or pass the directory that holds it"),
+            LoadError::Invalid { .. } => Some("fix the file and try again; `berth check DIR` shows every problem"),
+            LoadError::Build { .. } => Some("fix the build, or pass --no-build to start what was built before"),
+            LoadError::Read { .. } => None,
+        }
+    }
+}
+
+/// Service directories under `path`: `path` itself when it holds an app.toml, otherwise its direct
+/// subdirectories that do (so `berth up examples` starts every example).
+pub fn discover(path: &Path) -> Result<Vec<PathBuf>, LoadError> {
+    if path.join("app.toml").is_file() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let read_err = |source| LoadError::Read { path: path.display().to_string(), source };
+    let mut res: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(read_err)?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|dir| dir.join("app.toml").is_file())
+        .collect();
+    res.sort();
+    if res.is_empty() {
+        return Err(LoadError::NoSpec { path: path.display().to_string() });
+    }
+    Ok(res)
+}
+
+pub fn load_dir(dir: &Path) -> Result<LoadedService, LoadError> {
+    let dir = std::path::absolute(dir).map_err(|source| LoadError::Read { path: dir.display().to_string(), source })?;
+    let file = dir.join("app.toml");
+    let source = std::fs::read_to_string(&file).map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound => LoadError::NoSpec { path: dir.display().to_string() },
+        _ => LoadError::Read { path: file.display().to_string(), source },
+    })?;
+    let spec = parse(&file, &source)?;
+    Ok(LoadedService { dir, file, source, spec })
+}
+
+pub(crate) fn parse(file: &Path, source: &str) -> Result<Spec, LoadError> {
+    let shown = display_path(file);
+    berth_spec::parse(&shown, source)
+        .map_err(|diags| LoadError::Invalid { path: shown.clone(), rendered: berth_spec::render_all(&diags, source) })
+}
+
+/// Runs the service's `[build]` command in its directory, output going straight to the terminal.
+pub fn run_build(service: &LoadedService) -> Result<bool, LoadError> {
+    let Some(build) = &service.spec.build else { return Ok(false) };
+    let name = &service.spec.name;
+    let build_err = |detail: String| LoadError::Build { service: name.to_string(), detail };
+    let (program, args) = build.command.split_first().ok_or_else(|| build_err("empty build command".into()))?;
+    let status = std::process::Command::new(program)
+        .args(args)
+        .current_dir(&service.dir)
+        .status()
+        .map_err(|error| build_err(format!("cannot run `{program}`: {error}")))?;
+    if !status.success() {
+        return Err(build_err(format!("`{}` {status}", build.command.join(" "))));
+    }
+    Ok(true)
+}
+
+/// A path as the user would write it: relative to the current directory when it is below it.
+fn display_path(path: &Path) -> String {
+    std::env::current_dir()
+        .ok()
+        .and_then(|cwd| path.strip_prefix(cwd).ok().map(Path::to_path_buf))
+        .unwrap_or_else(|| path.to_path_buf())
+        .display()
+        .to_string()
+}

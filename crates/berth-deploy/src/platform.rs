@@ -1,0 +1,115 @@
+//! The platform: desired state in the store, actual state in the supervisor, and the one path between them.
+
+use berth_supervisor::{ServiceStatus, Supervisor, SupervisorError};
+use tracing::{error, info};
+
+use crate::load::{LoadError, LoadedService};
+use crate::store::{DesiredService, Store, StoreError};
+use crate::translate::to_service_config;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlatformError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("no service named `{0}`")]
+    UnknownService(String),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    Supervisor(#[from] SupervisorError),
+}
+
+pub struct Platform {
+    store: Store,
+    supervisor: Supervisor,
+}
+
+impl Platform {
+    pub fn new(store: Store, supervisor: Supervisor) -> Platform {
+        Platform { store, supervisor }
+    }
+
+    /// Records `service` as desired, as its file says (an explicit deploy clears `scale` and `stop` overrides).
+    /// Takes effect at the next `apply`.
+    pub fn put(&self, service: &LoadedService) -> Result<(), PlatformError> {
+        let desired =
+            DesiredService { dir: service.dir.clone(), source: service.source.clone(), replicas: None, stopped: false };
+        self.store.put(&service.spec.name.to_string(), &desired)?;
+        Ok(())
+    }
+
+    /// Makes the supervisor run what the store says. At boot this is a deploy from the empty state: it also
+    /// adopts replicas an earlier daemon left running and reaps the ones nobody wants. Returns the problems
+    /// of services that could not be applied (they are skipped, the rest run).
+    pub fn apply_all(&self) -> Result<Vec<String>, PlatformError> {
+        let mut problems = Vec::new();
+        for (name, desired) in self.store.list()? {
+            if let Err(error) = self.apply(&name, &desired) {
+                error!(service = %name, error = %error, "cannot run stored service");
+                problems.push(format!("{name}: {error}"));
+            }
+        }
+        self.supervisor.reap_unclaimed();
+        Ok(problems)
+    }
+
+    pub fn scale(&self, name: &str, n_replicas: u32) -> Result<(), PlatformError> {
+        self.update(name, |desired| desired.replicas = Some(n_replicas))?;
+        info!(service = %name, n_replicas, "scaled");
+        Ok(self.supervisor.scale(name, n_replicas)?)
+    }
+
+    pub fn stop(&self, name: &str) -> Result<(), PlatformError> {
+        self.update(name, |desired| desired.stopped = true)?;
+        Ok(self.supervisor.stop(name)?)
+    }
+
+    pub fn start(&self, name: &str) -> Result<(), PlatformError> {
+        self.update(name, |desired| desired.stopped = false)?;
+        Ok(self.supervisor.start_service(name)?)
+    }
+
+    pub fn restart(&self, name: &str) -> Result<(), PlatformError> {
+        self.desired(name)?;
+        Ok(self.supervisor.restart(name)?)
+    }
+
+    pub async fn status(&self) -> Vec<ServiceStatus> {
+        self.supervisor.status().await
+    }
+
+    pub async fn service_status(&self, name: &str) -> Result<ServiceStatus, PlatformError> {
+        Ok(self.supervisor.service_status(name).await?)
+    }
+
+    pub fn supervisor(&self) -> &Supervisor {
+        &self.supervisor
+    }
+
+    /// Stops every replica; the desired state stays stored, so the next `berth up` brings it all back.
+    pub async fn shutdown(&self) {
+        self.supervisor.shutdown().await;
+    }
+
+    fn apply(&self, name: &str, desired: &DesiredService) -> Result<(), PlatformError> {
+        let spec = crate::load::parse(&desired.dir.join("app.toml"), &desired.source)?;
+        let config = to_service_config(&spec, &desired.dir, desired.replicas);
+        if desired.stopped {
+            self.supervisor.apply_stopped(config);
+        } else {
+            self.supervisor.apply(config);
+        }
+        info!(service = %name, stopped = desired.stopped, "service applied");
+        Ok(())
+    }
+
+    fn desired(&self, name: &str) -> Result<DesiredService, PlatformError> {
+        self.store.get(name)?.ok_or_else(|| PlatformError::UnknownService(name.to_owned()))
+    }
+
+    fn update(&self, name: &str, change: impl FnOnce(&mut DesiredService)) -> Result<(), PlatformError> {
+        let mut desired = self.desired(name)?;
+        change(&mut desired);
+        Ok(self.store.put(name, &desired)?)
+    }
+}

@@ -1,0 +1,57 @@
+//! Inputs of the supervisor: what to run for a service and how to judge its health.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::backoff::RestartBackoff;
+use crate::cgroup::Limits;
+use crate::logs::LogLimits;
+
+/// Daemon-wide settings of the supervisor.
+pub struct SupervisorConfig {
+    /// The daemon's state directory; canonical, since replicas carry it in `BERTH_STATE_DIR`.
+    pub state_dir: PathBuf,
+    pub log_limits: LogLimits,
+    pub backoff: RestartBackoff,
+}
+
+/// Everything the supervisor needs to run one service. Two configs that compare equal run the same processes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceConfig {
+    pub name: String,
+    /// Identifies what the replicas run; replicas of another release are never adopted.
+    pub release: String,
+    pub replicas: u32,
+    /// `command[0]` is resolved against `workdir` when it is a relative path with a slash.
+    pub command: Vec<String>,
+    pub workdir: PathBuf,
+    pub env: Vec<(String, String)>,
+    pub health: HealthConfig,
+    /// SIGTERM grace before SIGKILL for an orderly stop.
+    pub stop_timeout: Duration,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthConfig {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+    /// Failures during this period after start do not count; a replica never healthy by its end is replaced.
+    pub start_period: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            path: "/healthz".to_owned(),
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            healthy_threshold: 1,
+            unhealthy_threshold: 3,
+            start_period: Duration::from_secs(30),
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! Command-line arguments (clap derive). Flags are kebab-case; a verb means the same everywhere.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "berth", version, about = "Run services from an app.toml: replicas, health, healing, logs")]
+pub struct Args {
+    /// The daemon's state directory [default: $XDG_STATE_HOME/berth or ~/.local/state/berth]
+    #[arg(long, global = true, env = "BERTH_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+impl Args {
+    pub fn state_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.state_dir {
+            return dir.clone();
+        }
+        let base = std::env::var_os("XDG_STATE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local").join("state")));
+        base.unwrap_or_else(|| PathBuf::from(".")).join("berth")
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Scaffold a commented app.toml and alert.yaml in DIR (what a platform's `service create` does)
+    Init(InitArgs),
+    /// Validate DIR/app.toml and print the effective config
+    Check(CheckArgs),
+    /// Start the daemon in the foreground and run the services in DIR... (and those it ran before)
+    Up(UpArgs),
+    /// Show services and their replicas
+    Ps(PsArgs),
+    /// Same as `ps`
+    Status(PsArgs),
+    /// Show a service's logs
+    Logs(LogsArgs),
+    /// Replace every replica of a service, one at a time, without downtime
+    Restart(TargetArgs),
+    /// Set a service's number of replicas
+    Scale(ScaleArgs),
+    /// Stop a service's replicas (it stays known; `berth start` brings it back)
+    Stop(TargetArgs),
+    /// Start a stopped service
+    Start(TargetArgs),
+    /// Stop every service and the daemon
+    Down(DownArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct InitArgs {
+    /// Directory to create the files in
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+    /// Service name [default: the directory's name]
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Overwrite existing files
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+    /// Print the result as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    /// Service directories (a directory without app.toml: each subdirectory that has one)
+    pub dirs: Vec<PathBuf>,
+    /// Address of the control API
+    #[arg(long, default_value = "127.0.0.1:9190")]
+    pub api: SocketAddr,
+    /// Do not run the services' [build] commands first
+    #[arg(long)]
+    pub no_build: bool,
+    /// Log format of the daemon's own log on stderr
+    #[arg(long, value_enum, default_value = "human")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PsArgs {
+    /// Only this service
+    pub service: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LogsArgs {
+    pub service: String,
+    /// Keep printing new lines
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Only this replica
+    #[arg(long, value_name = "N")]
+    pub replica: Option<u32>,
+    /// Only lines newer than this (e.g. 10m, 1h30m)
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub since: Option<std::time::Duration>,
+    /// Only the last N lines
+    #[arg(long, value_name = "N")]
+    pub tail: Option<usize>,
+    /// One JSON object per line
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TargetArgs {
+    pub service: String,
+    /// Wait until every replica is healthy, showing progress
+    #[arg(long)]
+    pub wait: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ScaleArgs {
+    pub service: String,
+    pub replicas: u32,
+    /// Wait until every replica is healthy, showing progress
+    #[arg(long)]
+    pub wait: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DownArgs {
+    #[arg(long)]
+    pub json: bool,
+}

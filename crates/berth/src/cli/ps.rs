@@ -1,0 +1,119 @@
+//! `berth ps`: services and replicas as a table, or JSON.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use berth_api::wire::{ReplicaView, ServiceView};
+
+use super::args::PsArgs;
+use super::client::Client;
+
+pub async fn ps(state_dir: &Path, args: &PsArgs) -> anyhow::Result<ExitCode> {
+    let client = Client::connect(state_dir)?;
+    let services: Vec<ServiceView> = match &args.service {
+        Some(name) => vec![client.get(&format!("/v1/services/{name}")).await?],
+        None => client.get("/v1/status").await?,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&services)?);
+    } else {
+        print!("{}", render(&services));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn render(services: &[ServiceView]) -> String {
+    if services.is_empty() {
+        return "no services; start some with `berth up DIR`\n".to_owned();
+    }
+    let mut out = String::new();
+    for service in services {
+        let limit = service
+            .memory_limit_bytes
+            .map(|bytes| format!("memory limit {} ({})", bytes_human(bytes), service.memory_enforcement))
+            .unwrap_or_else(|| "no memory limit".to_owned());
+        out += &format!(
+            "{}  {}  {}/{} healthy  release {}  {}\n",
+            service.name, service.state, service.healthy_replicas, service.desired_replicas, service.release, limit
+        );
+        let mut rows = vec![
+            ["REPLICA", "STATE", "PID", "PORT", "UPTIME", "RESTARTS", "HEALTH", "CPU", "RSS", "LAST EXIT"]
+                .map(str::to_owned),
+        ];
+        rows.extend(service.replicas.iter().map(row));
+        out += &table(&rows);
+        out.push('\n');
+    }
+    out
+}
+
+fn row(replica: &ReplicaView) -> [String; 10] {
+    let dash = || "-".to_owned();
+    let mut state = replica.state.clone();
+    if replica.adopted {
+        state += " (adopted)";
+    }
+    [
+        replica.index.to_string(),
+        state,
+        replica.pid.map(|p| p.to_string()).unwrap_or_else(dash),
+        replica.port.map(|p| p.to_string()).unwrap_or_else(dash),
+        replica.uptime_ms.map(|ms| duration_human(ms / 1000)).unwrap_or_else(dash),
+        replica.restarts.to_string(),
+        replica.last_probe.clone().unwrap_or_else(dash),
+        replica.cpu_percent.map(|c| format!("{c:.1}%")).unwrap_or_else(dash),
+        replica.rss_bytes.map(bytes_human).unwrap_or_else(dash),
+        replica.last_exit.as_ref().map(|exit| exit.message.clone()).unwrap_or_else(dash),
+    ]
+}
+
+fn table(rows: &[[String; 10]]) -> String {
+    let mut widths = [0usize; 10];
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row.iter().zip(widths).map(|(cell, width)| format!("  {cell:<width$}")).collect();
+        out += line.concat().trim_end();
+        out.push('\n');
+    }
+    out
+}
+
+pub fn bytes_human(bytes: u64) -> String {
+    const MIB: f64 = 1024.0 * 1024.0;
+    let b = bytes as f64;
+    if b >= 1024.0 * MIB {
+        format!("{:.1}GiB", b / (1024.0 * MIB))
+    } else if b >= MIB {
+        format!("{:.1}MiB", b / MIB)
+    } else {
+        format!("{:.0}KiB", b / 1024.0)
+    }
+}
+
+fn duration_human(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m{}s", secs / 60, secs % 60),
+        3600..86400 => format!("{}h{}m", secs / 3600, secs % 3600 / 60),
+        _ => format!("{}d{}h", secs / 86400, secs % 86400 / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_units() {
+        assert_eq!(bytes_human(128 * 1024 * 1024), "128.0MiB");
+        assert_eq!(bytes_human(2048), "2KiB");
+        assert_eq!(duration_human(59), "59s");
+        assert_eq!(duration_human(61), "1m1s");
+        assert_eq!(duration_human(7322), "2h2m");
+    }
+}

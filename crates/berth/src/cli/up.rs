@@ -1,0 +1,80 @@
+//! `berth up`: load and build the given services, then run the daemon in the foreground.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use berth_deploy::{LoadedService, discover, load_dir, run_build};
+use tracing_subscriber::EnvFilter;
+
+use super::args::{LogFormat, UpArgs};
+use super::client::read_daemon_info;
+use super::error::user;
+use crate::daemon::{self, DaemonOptions};
+
+pub fn up(state_dir: &Path, args: UpArgs, runtime: tokio::runtime::Runtime) -> anyhow::Result<ExitCode> {
+    init_tracing(args.log_format);
+    if let Some(info) = read_daemon_info(state_dir)?
+        && process_alive(info.pid)
+    {
+        return Err(user(
+            format!("a berth daemon (pid {}) is already running with state dir {}", info.pid, state_dir.display()),
+            "use `berth ps` to talk to it, `berth down` to stop it, or pass another --state-dir",
+        ));
+    }
+    let services = load_all(&args)?;
+    if !args.no_build {
+        for service in &services {
+            if let Some(build) = &service.spec.build {
+                eprintln!("berth: building {} ({})", service.spec.name, build.command.join(" "));
+                run_build(service)?;
+            }
+        }
+    }
+    for service in &services {
+        eprintln!("berth: {} from {}", service.spec.name, service.dir.display());
+    }
+    runtime.block_on(daemon::run(DaemonOptions { state_dir: state_dir.to_path_buf(), api: args.api, services }))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Loads every service directory, reporting every invalid spec before giving up, so one run shows all
+/// there is to fix.
+fn load_all(args: &UpArgs) -> anyhow::Result<Vec<LoadedService>> {
+    let mut services = Vec::new();
+    let mut n_invalid = 0;
+    for dir in &args.dirs {
+        for service_dir in discover(dir)? {
+            match load_dir(&service_dir) {
+                Ok(service) => services.push(service),
+                Err(berth_deploy::LoadError::Invalid { rendered, .. }) => {
+                    eprint!("{rendered}");
+                    n_invalid += 1;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+    if n_invalid > 0 {
+        return Err(user(
+            format!("{n_invalid} service spec(s) are invalid; nothing was started"),
+            "fix the files above; `berth check DIR` validates one without starting anything",
+        ));
+    }
+    Ok(services)
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+fn process_alive(pid: u32) -> bool {
+    i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .is_some_and(|pid| rustix::process::test_kill_process(pid).is_ok())
+}

@@ -1,0 +1,56 @@
+//! Repository checks run as tests: every Rust module starts with a `//!` doc comment, and the tree is
+//! formatted.
+
+use std::path::{Path, PathBuf};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        if name == "target" || name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|ext| ext == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn every_module_says_what_it_is_for() {
+    let mut files = Vec::new();
+    for dir in ["crates", "examples", "xtask"] {
+        rust_files(&root().join(dir), &mut files);
+    }
+    let missing: Vec<String> = files
+        .iter()
+        .filter(|path| !path.ends_with("tests.rs"))
+        .filter(|path| {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            !text.trim_start().starts_with("//!")
+        })
+        .map(|path| path.strip_prefix(root()).unwrap_or(path).display().to_string())
+        .collect();
+    assert!(missing.is_empty(), "modules without a `//!` doc comment:\n{}", missing.join("\n"));
+}
+
+#[test]
+fn the_tree_is_formatted() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let out = std::process::Command::new(cargo).args(["fmt", "--all", "--", "--check"]).current_dir(root()).output();
+    match out {
+        Ok(out) => assert!(
+            out.status.success(),
+            "run `cargo fmt --all`:\n{}",
+            String::from_utf8_lossy(&out.stdout).lines().take(40).collect::<Vec<_>>().join("\n")
+        ),
+        Err(error) => panic!("cannot run cargo fmt: {error}"),
+    }
+}
