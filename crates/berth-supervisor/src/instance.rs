@@ -406,8 +406,9 @@ impl InstanceTask {
             if cpu.is_some() {
                 view.cpu_percent = cpu;
             }
-            view.rss_bytes =
-                self.cgroup.as_ref().and_then(|cgroup| cgroup.memory_bytes()).or(stat.map(|stat| stat.rss_bytes));
+            // The process's own resident memory, as `ps` shows it. The cgroup's usage would also count
+            // page cache, charged to whichever replica first touched a shared file.
+            view.rss_bytes = stat.map(|stat| stat.rss_bytes);
         }
     }
 }

@@ -66,6 +66,10 @@ pub struct LogLimits {
     pub burst_bytes: u64,
 }
 
+/// What one stored line costs beyond its text: the JSON record's timestamp, names and stream. Charged to
+/// the rate limit, so that the limit bounds bytes on disk even for a flood of short lines.
+const RECORD_OVERHEAD_BYTES: u64 = 160;
+
 impl Default for LogLimits {
     fn default() -> Self {
         LogLimits {
@@ -494,7 +498,8 @@ impl Capture {
         let mut bucket = lock(&self.bucket);
         let arrived = Instant::now();
         split(&mut |bytes, truncated| {
-            let Some(dropped_before) = bucket.admit(bytes.len() as u64 + 1, arrived) else { return };
+            let cost = bytes.len() as u64 + RECORD_OVERHEAD_BYTES;
+            let Some(dropped_before) = bucket.admit(cost, arrived) else { return };
             admitted.extend(self.dropped_marker(dropped_before, now));
             let text = decode_line(bytes, truncated);
             admitted.push(log_line(&self.service, self.replica, &self.instance, self.stream, text, now));

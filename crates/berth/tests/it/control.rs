@@ -93,3 +93,38 @@ fn mutating_calls_need_the_token() {
     assert!(!second.status.success());
     assert!(String::from_utf8_lossy(&second.stderr).contains("already running"));
 }
+
+#[test]
+fn a_service_flooding_its_stdout_neither_fills_the_disk_nor_disturbs_others() {
+    let root = temp_dir();
+    let quiet = service_dir(root.path(), "quiet", &hello_spec("quiet", 1, ""));
+    // `yes` writes to stdout as fast as the pipe takes it, beside a server that answers probes.
+    let bin = berth_test_support::example_bin("hello");
+    let chatty_spec = hello_spec("chatty", 1, "").replace(
+        &format!("command = [\"{}\"]", bin.display()),
+        &format!("command = [\"sh\", \"-c\", \"yes flooding-the-log-as-fast-as-it-can & exec {}\"]", bin.display()),
+    );
+    let chatty = service_dir(root.path(), "chatty", &chatty_spec);
+    let state = root.path().join("state");
+    let daemon = Daemon::start(berth(), &state, &[&quiet, &chatty]);
+    wait_healthy(&daemon, "chatty", 1);
+    wait_healthy(&daemon, "quiet", 1);
+
+    // The rate limit kicks in and says so in the service's own log.
+    wait_until(Duration::from_secs(30), "the log rate limit to report dropped lines", || {
+        let out = daemon.cli(&["logs", "chatty", "--json", "--tail", "200"]);
+        String::from_utf8_lossy(&out.stdout).contains("log rate limit").then_some(())
+    });
+    // Meanwhile the daemon still answers and the quiet service stays healthy.
+    let quiet_status = wait_healthy(&daemon, "quiet", 1);
+    assert_eq!(replica(&quiet_status, 0).expect("quiet replica")["restarts"], 0);
+    // What is kept on disk is bounded by rotation (3 files of 8 MiB per service by default).
+    let logs_bytes: u64 = std::fs::read_dir(state.join("logs"))
+        .expect("logs dir")
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.metadata().ok())
+        .map(|meta| meta.len())
+        .sum();
+    println!("log files hold {logs_bytes} bytes");
+    assert!(logs_bytes <= 2 * 3 * 8 * 1024 * 1024 + 1024 * 1024, "{logs_bytes}");
+}
