@@ -41,7 +41,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/services/{name}/logs", get(logs))
         .route("/shutdown", post(shutdown))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
-    Router::new().route("/healthz", get(|| async { "ok" })).nest("/v1", v1).with_state(state)
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
+        .nest("/v1", v1)
+        .with_state(state)
 }
 
 enum ApiError {
@@ -92,6 +96,13 @@ async fn require_token(State(state): State<ApiState>, req: Request, next: Next) 
         return ApiError::Unauthorized.into_response();
     }
     next.run(req).await
+}
+
+/// Prometheus text exposition; open like `/healthz`, so a scraper needs no token.
+async fn metrics(State(state): State<ApiState>) -> Response {
+    let mut out = String::new();
+    state.platform.gateway().render_metrics(&mut out);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out).into_response()
 }
 
 async fn status(State(state): State<ApiState>) -> Json<Vec<ServiceView>> {

@@ -66,6 +66,9 @@ pub struct LogsQuery {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DaemonInfo {
     pub api: std::net::SocketAddr,
+    /// Where the gateway listens.
+    #[serde(default)]
+    pub gateway: Option<std::net::SocketAddr>,
     pub pid: u32,
 }
 

@@ -1,11 +1,17 @@
 //! The platform: desired state in the store, actual state in the supervisor, and the one path between them.
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use berth_gateway::Gateway;
+use berth_spec::Spec;
 use berth_supervisor::{ServiceStatus, Supervisor, SupervisorError};
+use tokio::sync::Notify;
 use tracing::{error, info};
 
 use crate::load::{LoadError, LoadedService};
 use crate::store::{DesiredService, Store, StoreError};
-use crate::translate::to_service_config;
+use crate::translate::{to_routing_table, to_service_config};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlatformError {
@@ -22,11 +28,34 @@ pub enum PlatformError {
 pub struct Platform {
     store: Store,
     supervisor: Supervisor,
+    gateway: Gateway,
+    /// The specs of the services being run, for the routing table.
+    specs: Arc<Mutex<BTreeMap<String, Spec>>>,
+    specs_changed: Arc<Notify>,
 }
 
 impl Platform {
-    pub fn new(store: Store, supervisor: Supervisor) -> Platform {
-        Platform { store, supervisor }
+    /// Must be called inside a tokio runtime: it starts the task that keeps the gateway's routing table in
+    /// step with the supervisor's endpoints.
+    pub fn new(store: Store, supervisor: Supervisor, gateway: Gateway) -> Platform {
+        let platform = Platform {
+            store,
+            supervisor,
+            gateway,
+            specs: Arc::new(Mutex::new(BTreeMap::new())),
+            specs_changed: Arc::new(Notify::new()),
+        };
+        tokio::spawn(route_updates(
+            platform.supervisor.endpoints(),
+            platform.specs.clone(),
+            platform.specs_changed.clone(),
+            platform.gateway.clone(),
+        ));
+        platform
+    }
+
+    pub fn gateway(&self) -> &Gateway {
+        &self.gateway
     }
 
     /// Records `service` as desired, as its file says (an explicit deploy clears `scale` and `stop` overrides).
@@ -94,6 +123,8 @@ impl Platform {
     fn apply(&self, name: &str, desired: &DesiredService) -> Result<(), PlatformError> {
         let spec = crate::load::parse(&desired.dir.join("app.toml"), &desired.source)?;
         let config = to_service_config(&spec, &desired.dir, desired.replicas);
+        lock(&self.specs).insert(name.to_owned(), spec);
+        self.specs_changed.notify_one();
         if desired.stopped {
             self.supervisor.apply_stopped(config);
         } else {
@@ -112,4 +143,26 @@ impl Platform {
         change(&mut desired);
         Ok(self.store.put(name, &desired)?)
     }
+}
+
+/// Rebuilds the gateway's routing table whenever the endpoints in rotation or the specs change.
+async fn route_updates(
+    mut endpoints: tokio::sync::watch::Receiver<berth_supervisor::Endpoints>,
+    specs: Arc<Mutex<BTreeMap<String, Spec>>>,
+    specs_changed: Arc<Notify>,
+    gateway: Gateway,
+) {
+    loop {
+        let current = endpoints.borrow_and_update().clone();
+        let table = to_routing_table(&lock(&specs), &current);
+        gateway.update(&table);
+        tokio::select! {
+            changed = endpoints.changed() => if changed.is_err() { return },
+            _ = specs_changed.notified() => {}
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

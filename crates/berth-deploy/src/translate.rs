@@ -2,9 +2,12 @@
 
 use std::path::Path;
 
+use std::collections::BTreeMap;
+
+use berth_gateway::{RoutePolicy, RoutingTable, ServiceRoutes, Upstream};
 use berth_spec::Spec;
 use berth_supervisor::cgroup::Limits;
-use berth_supervisor::{HealthConfig, ServiceConfig};
+use berth_supervisor::{Endpoints, HealthConfig, ServiceConfig};
 
 /// What the supervisor runs for `spec`, whose directory is `dir`. Pure.
 pub fn to_service_config(spec: &Spec, dir: &Path, replicas_override: Option<u32>) -> ServiceConfig {
@@ -30,4 +33,37 @@ pub fn to_service_config(spec: &Spec, dir: &Path, replicas_override: Option<u32>
         stop_timeout: spec.run.stop_timeout,
         limits: Limits { memory_bytes: Some(spec.size.memory_bytes), cpu_millis: Some(spec.size.cpu_millis) },
     }
+}
+
+/// What the gateway routes: every service's domains and route policies, and its replicas in rotation.
+/// Pure.
+pub fn to_routing_table(specs: &BTreeMap<String, Spec>, endpoints: &Endpoints) -> RoutingTable {
+    let services = specs
+        .iter()
+        .map(|(name, spec)| ServiceRoutes {
+            name: name.clone(),
+            hosts: spec.domains.iter().map(|domain| domain.get_ref().clone()).collect(),
+            routes: spec
+                .routes
+                .iter()
+                .map(|route| RoutePolicy {
+                    prefix: route.path.get_ref().clone(),
+                    timeout: *route.timeout.get_ref(),
+                    per_try_timeout: route.per_try_timeout.as_ref().map(|t| *t.get_ref()),
+                })
+                .collect(),
+            endpoints: endpoints
+                .get(name)
+                .into_iter()
+                .flatten()
+                .map(|endpoint| Upstream {
+                    instance: endpoint.instance.clone(),
+                    addr: endpoint.addr,
+                    group: "stable".to_owned(),
+                    weight: 100,
+                })
+                .collect(),
+        })
+        .collect();
+    RoutingTable { services, default_service: None }
 }

@@ -9,9 +9,21 @@ use crate::model::Spec;
 
 /// Keys that are parsed and validated but that the platform does not act on yet, as dotted
 /// paths (`"routes"`, or a nested key such as `"deploy.watch"`). Everything else is acted on:
-/// `name`, `kind`, `replicas`, `size`, `run`, `build`, `health` and `env`.
-pub const NOT_YET_ACTED_ON: &[&str] =
-    &["unit", "alerts", "domains", "redirect_https", "test", "dependencies", "routes", "deploy", "autoscale", "pools"];
+/// `name`, `kind`, `replicas`, `size`, `run`, `build`, `health`, `env`, `domains` and `routes` (path and
+/// timeouts, by the gateway).
+pub const NOT_YET_ACTED_ON: &[&str] = &[
+    "unit",
+    "alerts",
+    "redirect_https",
+    "test",
+    "dependencies",
+    "routes.nfr",
+    "routes.cache",
+    "routes.rate_limit",
+    "deploy",
+    "autoscale",
+    "pools",
+];
 
 /// One note for each key in the file that the platform does not act on yet, in source order.
 ///
@@ -48,7 +60,8 @@ mod tests {
     use crate::explain::TABLE_KEYS;
 
     /// Top-level keys the platform acts on today; see [`NOT_YET_ACTED_ON`].
-    const ACTED_ON: &[&str] = &["name", "kind", "replicas", "size", "run", "build", "health", "env"];
+    const ACTED_ON: &[&str] =
+        &["name", "kind", "replicas", "size", "run", "build", "health", "env", "domains", "routes"];
 
     #[test]
     fn every_top_level_key_is_classified() {
@@ -57,6 +70,11 @@ mod tests {
         for key in *top_level {
             let acted = ACTED_ON.contains(key);
             let not_yet = NOT_YET_ACTED_ON.contains(key);
+            if *key == "routes" {
+                // Acted on, but some of its sub-blocks are not.
+                assert!(acted && NOT_YET_ACTED_ON.iter().any(|k| k.starts_with("routes.")));
+                continue;
+            }
             assert!(acted != not_yet, "`{key}` must be in exactly one of the two lists");
         }
     }
@@ -72,7 +90,7 @@ mod tests {
             shown,
             [
                 ("`unit` is parsed but not acted on yet", 2, 1),
-                ("`[[routes]]` is parsed but not acted on yet", 5, 1),
+                ("`routes.cache` is parsed but not acted on yet", 7, 1),
                 ("`[deploy]` is parsed but not acted on yet", 10, 1),
             ]
         );

@@ -1,6 +1,9 @@
 //! Inputs of the supervisor: what to run for a service and how to judge its health.
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backoff::RestartBackoff;
@@ -13,7 +16,12 @@ pub struct SupervisorConfig {
     pub state_dir: PathBuf,
     pub log_limits: LogLimits,
     pub backoff: RestartBackoff,
+    /// Called before an orderly stop of an instance, with its id and a time bound: returns once nothing
+    /// routes to it any more and its requests in flight are done (the gateway's drain).
+    pub drain: Option<DrainHook>,
 }
+
+pub type DrainHook = Arc<dyn Fn(String, Duration) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 /// Everything the supervisor needs to run one service. Two configs that compare equal run the same processes.
 #[derive(Debug, Clone, PartialEq)]

@@ -27,6 +27,7 @@ pub(crate) struct Ctx {
     pub(crate) state_dir: PathBuf,
     pub(crate) cgroups: Cgroups,
     pub(crate) logs: LogStore,
+    pub(crate) drain: Option<crate::config::DrainHook>,
 }
 
 pub(crate) enum InstanceEvent {
@@ -55,14 +56,24 @@ pub(crate) struct InstanceHandle {
     pub(crate) started: Instant,
     pub(crate) adopted: bool,
     pub(crate) view: Arc<Mutex<InstanceView>>,
-    stop_tx: Option<oneshot::Sender<Duration>>,
+    stop_tx: Option<oneshot::Sender<Stop>>,
+}
+
+/// How to stop an instance.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Stop {
+    /// SIGTERM grace before SIGKILL.
+    pub(crate) grace: Duration,
+    /// Wait (up to `grace`) for the gateway to drain it first; pointless for a hung or failing instance.
+    pub(crate) drain: bool,
 }
 
 impl InstanceHandle {
-    /// Asks the task to stop the process: SIGTERM, `grace`, then SIGKILL. The task reports `Exited`.
-    pub(crate) fn stop(&mut self, grace: Duration) {
+    /// Asks the task to stop the process: drain (if asked), SIGTERM, grace, then SIGKILL. The task reports
+    /// `Exited`.
+    pub(crate) fn stop(&mut self, stop: Stop) {
         if let Some(stop_tx) = self.stop_tx.take() {
-            let _ = stop_tx.send(grace);
+            let _ = stop_tx.send(stop);
         }
     }
 
@@ -176,7 +187,7 @@ pub(crate) fn spawn(
     }
     info!(service = %config.name, replica, instance = %id, pid, port, "replica started");
     ctx.logs.record(&config.name, replica, &id, &format!("started pid {pid} on port {port}"));
-    Ok(launch(config, replica, id, pid, port, Waiter::Child(child), cgroup, false, events))
+    Ok(launch(ctx, config, replica, id, pid, port, Waiter::Child(child), cgroup, false, events))
 }
 
 /// Takes over a replica process left running by an earlier daemon.
@@ -210,6 +221,7 @@ pub(crate) fn adopt(
         &format!("adopted pid {} after a daemon restart", found.pid),
     );
     let mut handle = launch(
+        ctx,
         config,
         found.replica,
         found.instance,
@@ -238,6 +250,7 @@ pub(crate) fn kill_group(pgid: i32) {
 
 #[allow(clippy::too_many_arguments)]
 fn launch(
+    ctx: &Arc<Ctx>,
     config: &ServiceConfig,
     replica: u32,
     id: String,
@@ -259,6 +272,7 @@ fn launch(
         addr,
         health: config.health.clone(),
         memory_limit: config.limits.memory_bytes,
+        drain: ctx.drain.clone(),
         cgroup: cgroup.map(Arc::new),
         view: view.clone(),
         events,
@@ -315,13 +329,14 @@ struct InstanceTask {
     addr: SocketAddr,
     health: HealthConfig,
     memory_limit: Option<u64>,
+    drain: Option<crate::config::DrainHook>,
     cgroup: Option<Arc<InstanceCgroup>>,
     view: Arc<Mutex<InstanceView>>,
     events: mpsc::UnboundedSender<InstanceEvent>,
 }
 
 impl InstanceTask {
-    async fn run(self, mut waiter: Waiter, mut stop_rx: oneshot::Receiver<Duration>) {
+    async fn run(self, mut waiter: Waiter, mut stop_rx: oneshot::Receiver<Stop>) {
         let mut tracker = HealthTracker::new(&self.health, Instant::now());
         let mut sampler = CpuSampler::new();
         let mut next_probe = tokio::time::Instant::now();
@@ -329,9 +344,16 @@ impl InstanceTask {
             let probing = tracker.phase() != Phase::Failed;
             tokio::select! {
                 status = waiter.wait() => break self.classify(status),
-                grace = &mut stop_rx => {
-                    let grace = grace.unwrap_or(Duration::from_secs(1));
-                    self.terminate(&mut waiter, grace).await;
+                stop = &mut stop_rx => {
+                    let stop = stop.unwrap_or(Stop { grace: Duration::from_secs(1), drain: false });
+                    if let (true, Some(drain)) = (stop.drain, &self.drain) {
+                        // The process may exit while draining; that ends the wait too.
+                        tokio::select! {
+                            _ = drain(self.id.clone(), stop.grace) => {}
+                            status = waiter.wait() => break self.classify(status),
+                        }
+                    }
+                    self.terminate(&mut waiter, stop.grace).await;
                     break ExitReason::Stopped;
                 }
                 outcome = probe_at(next_probe, self.addr, &self.health), if probing => {

@@ -19,6 +19,6 @@ mod status;
 mod supervisor;
 
 pub use backoff::RestartBackoff;
-pub use config::{HealthConfig, ServiceConfig, SupervisorConfig};
+pub use config::{DrainHook, HealthConfig, ServiceConfig, SupervisorConfig};
 pub use status::{Endpoint, Endpoints, ExitReason, ReplicaState, ReplicaStatus, ServiceState, ServiceStatus};
 pub use supervisor::{Supervisor, SupervisorError};

@@ -11,7 +11,7 @@ use tracing::{info, warn};
 
 use crate::backoff::{RestartBackoff, RestartTracker};
 use crate::config::ServiceConfig;
-use crate::instance::{self, Adoptable, Ctx, InstanceEvent, InstanceHandle};
+use crate::instance::{self, Adoptable, Ctx, InstanceEvent, InstanceHandle, Stop};
 use crate::status::{Endpoint, Endpoints, ExitReason, ReplicaState, ReplicaStatus, ServiceState, ServiceStatus};
 
 pub(crate) enum Command {
@@ -364,7 +364,8 @@ impl ServiceActor {
     }
 
     fn retire(&mut self, mut handle: InstanceHandle, grace: Duration, reason: ExitReason) {
-        handle.stop(grace);
+        // An orderly stop drains first; a failing instance is not worth waiting for.
+        handle.stop(Stop { grace, drain: reason == ExitReason::Stopped });
         self.retiring.push(Retiring { handle, reason });
     }
 

@@ -58,7 +58,7 @@ impl Supervisor {
             info!(n_replicas = adoptable.len(), "found running replicas of an earlier daemon");
         }
         info!(memory_enforcement = cgroups.enforcement().describe(), "supervisor ready");
-        let ctx = Arc::new(Ctx { state_dir: state_dir.clone(), cgroups, logs });
+        let ctx = Arc::new(Ctx { state_dir: state_dir.clone(), cgroups, logs, drain: config.drain.clone() });
         Ok(Supervisor {
             inner: Arc::new(Inner {
                 ctx,

@@ -30,7 +30,7 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Spawns `<bin> --state-dir <state_dir> up --api 127.0.0.1:0 <service_dirs...>` with
+    /// Spawns `<bin> --state-dir <state_dir> up --api 127.0.0.1:0 --gateway 127.0.0.1:0 <service_dirs...>` with
     /// `RUST_LOG=debug` and its output appended to `<state_dir>/daemon.out`, then waits (30s)
     /// until `daemon.json` names this process and `GET /healthz` on its API answers 200.
     ///
@@ -54,7 +54,7 @@ impl Daemon {
         let child = Command::new(bin)
             .arg("--state-dir")
             .arg(&state_dir)
-            .args(["up", "--api", "127.0.0.1:0"])
+            .args(["up", "--api", "127.0.0.1:0", "--gateway", "127.0.0.1:0"])
             .args(service_dirs)
             .env("RUST_LOG", "debug")
             .stdin(Stdio::null())
@@ -92,6 +92,18 @@ impl Daemon {
     /// The control API's address, as written to `daemon.json`.
     pub fn api_addr(&self) -> SocketAddr {
         self.api_addr
+    }
+
+    /// The gateway's address, as written to `daemon.json`.
+    pub fn gateway_addr(&self) -> SocketAddr {
+        let text = fs::read_to_string(self.state_dir.join("daemon.json"))
+            .unwrap_or_else(|error| panic!("daemon.json is unreadable: {error}"));
+        let info: serde_json::Value =
+            serde_json::from_str(&text).unwrap_or_else(|error| panic!("daemon.json is not JSON: {error}"));
+        info["gateway"]
+            .as_str()
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("daemon.json names no gateway: {text}"))
     }
 
     pub fn pid(&self) -> i32 {
@@ -196,7 +208,7 @@ mod tests {
         assert!(message.starts_with("berth daemon exited early"), "{message}");
         assert!(
             message.contains(&format!(
-                "fake berth got: --state-dir {} up --api 127.0.0.1:0 {}",
+                "fake berth got: --state-dir {} up --api 127.0.0.1:0 --gateway 127.0.0.1:0 {}",
                 canonical.display(),
                 service.display()
             )),

@@ -6,7 +6,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 /// A response: status code, headers in order (names as sent), body.
-type Response = (u16, Vec<(String, String)>, Vec<u8>);
+pub(crate) type Response = (u16, Vec<(String, String)>, Vec<u8>);
 
 /// `GET path` and the body as (lossy) UTF-8.
 pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> io::Result<(u16, String)> {
@@ -47,7 +47,13 @@ fn exchange(
     read_response(&mut stream, deadline, method.eq_ignore_ascii_case("HEAD"))
 }
 
-fn request_head(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body_len: usize) -> Vec<u8> {
+pub(crate) fn request_head(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body_len: usize,
+) -> Vec<u8> {
     let has = |name: &str| headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
     let mut head = format!("{method} {path} HTTP/1.1\r\n");
     if !has("host") {
@@ -67,7 +73,7 @@ fn request_head(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &s
     head.into_bytes()
 }
 
-fn read_response(stream: &mut TcpStream, deadline: Instant, is_head: bool) -> io::Result<Response> {
+pub(crate) fn read_response(stream: &mut TcpStream, deadline: Instant, is_head: bool) -> io::Result<Response> {
     let mut buf = Vec::new();
     loop {
         let head_end = loop {

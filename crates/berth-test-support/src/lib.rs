@@ -9,6 +9,7 @@ mod binaries;
 mod daemon;
 mod files;
 mod http;
+pub mod load;
 mod process;
 mod wait;
 

@@ -7,10 +7,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context;
 use berth_api::ApiState;
 use berth_api::wire::DaemonInfo;
 use berth_deploy::{LoadedService, Platform, Store};
+use berth_gateway::{Gateway, GatewayConfig};
 use berth_supervisor::{RestartBackoff, Supervisor, SupervisorConfig, logs::LogLimits};
 use tokio::sync::Notify;
 use tracing::{info, warn};
@@ -18,6 +18,7 @@ use tracing::{info, warn};
 pub struct DaemonOptions {
     pub state_dir: PathBuf,
     pub api: SocketAddr,
+    pub gateway: SocketAddr,
     /// Services to deploy at startup, besides those stored from earlier runs.
     pub services: Vec<LoadedService>,
 }
@@ -27,13 +28,26 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
     let _lock = state_dir::lock(&state_dir)?;
     let token = state_dir::ensure_token(&state_dir)?;
 
+    let gateway = Gateway::new(GatewayConfig::default());
+    let drain_gateway = gateway.clone();
     let supervisor = Supervisor::start(SupervisorConfig {
         state_dir: state_dir.clone(),
         log_limits: LogLimits::default(),
         backoff: RestartBackoff::default(),
+        // A replica stopped in order leaves rotation and finishes its requests before SIGTERM.
+        drain: Some(Arc::new(move |instance, timeout| {
+            let gateway = drain_gateway.clone();
+            Box::pin(async move {
+                if !gateway.drain(&instance, timeout).await {
+                    warn!(instance = %instance, "requests still in flight after the drain timeout");
+                }
+            })
+        })),
     })?;
     let store = Store::open(&state_dir.join("state.redb"))?;
-    let platform = Arc::new(Platform::new(store, supervisor));
+    let gateway_listener = bind(options.gateway, "the gateway", "--gateway").await?;
+    let gateway_addr = gateway_listener.local_addr()?;
+    let platform = Arc::new(Platform::new(store, supervisor, gateway.clone()));
     for service in &options.services {
         platform.put(service)?;
     }
@@ -43,17 +57,13 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
         eprintln!("warning: {problem}");
     }
 
-    let listener = tokio::net::TcpListener::bind(options.api)
-        .await
-        .with_context(|| format!("failed to listen on {} for the control API", options.api))
-        .map_err(|error| {
-            error.context(super::cli::error::UserError {
-                message: "the control API address is taken".into(),
-                hint: Some("pass another with --api ADDR (or stop what holds it)".into()),
-                code: 1,
-            })
-        })?;
+    let listener = bind(options.api, "the control API", "--api").await?;
     let api = listener.local_addr()?;
+    let gateway_server = tokio::spawn(async move {
+        if let Err(error) = gateway.serve(gateway_listener).await {
+            warn!(error = %error, "gateway stopped");
+        }
+    });
     let shutdown = Arc::new(Notify::new());
     let api_state = ApiState { platform: platform.clone(), token: token.into(), shutdown: shutdown.clone() };
     let server = tokio::spawn(async move {
@@ -61,13 +71,16 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
             warn!(error = %error, "control API stopped");
         }
     });
-    state_dir::write_info(&state_dir, &DaemonInfo { api, pid: std::process::id() })?;
-    info!(api = %api, state_dir = %state_dir.display(), "daemon ready");
+    state_dir::write_info(&state_dir, &DaemonInfo { api, gateway: Some(gateway_addr), pid: std::process::id() })?;
+    info!(api = %api, gateway = %gateway_addr, state_dir = %state_dir.display(), "daemon ready");
+    eprintln!("berth: gateway on http://{gateway_addr} (http://<service>.localhost:{}/)", gateway_addr.port());
     eprintln!("berth: control API on {api}, state in {}", state_dir.display());
 
     wait_for_stop(&shutdown).await;
     eprintln!("berth: stopping every service...");
+    // Services drain through the gateway, so it keeps serving until they are gone.
     platform.shutdown().await;
+    gateway_server.abort();
     server.abort();
     state_dir::remove_info(&state_dir);
     info!("daemon stopped");
@@ -88,4 +101,41 @@ async fn wait_for_stop(shutdown: &Notify) {
         _ = term => info!("SIGTERM received"),
         _ = shutdown.notified() => info!("shutdown requested"),
     }
+}
+
+async fn bind(addr: SocketAddr, what: &str, flag: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|error| {
+        anyhow::Error::new(super::cli::error::UserError {
+            message: format!("cannot listen on {addr} for {what}: {error}"),
+            hint: Some(format!("pass another address with {flag} ADDR, or stop what holds it")),
+            code: 1,
+        })
+    })
+}
+
+/// `berth gateway`: the gateway alone in front of fixed upstreams (for benchmarks and trials).
+pub async fn run_gateway(listen: SocketAddr, upstreams: Vec<SocketAddr>) -> anyhow::Result<()> {
+    use berth_gateway::{RoutingTable, ServiceRoutes, Upstream};
+    let gateway = Gateway::new(GatewayConfig::default());
+    let endpoints = upstreams
+        .iter()
+        .enumerate()
+        .map(|(idx, addr)| Upstream {
+            instance: format!("upstream-{idx}"),
+            addr: *addr,
+            group: "stable".into(),
+            weight: 100,
+        })
+        .collect();
+    gateway.update(&RoutingTable {
+        services: vec![ServiceRoutes { name: "upstream".into(), hosts: vec![], routes: vec![], endpoints }],
+        default_service: Some("upstream".into()),
+    });
+    let listener = bind(listen, "the gateway", "--listen").await?;
+    eprintln!("berth: gateway on http://{} -> {upstreams:?}", listener.local_addr()?);
+    tokio::select! {
+        res = gateway.serve(listener) => res?,
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    Ok(())
 }

@@ -57,8 +57,9 @@ impl AppState {
 }
 
 /// Every route the router serves; these are the values of the `path` metric label.
-pub const ROUTES: [&str; 11] = [
+pub const ROUTES: [&str; 12] = [
     "/",
+    "/headers",
     "/healthz",
     "/ping",
     "/metrics",
@@ -75,6 +76,7 @@ pub const ROUTES: [&str; 11] = [
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/", get(root))
+        .route("/headers", get(headers_echo).post(headers_echo))
         .route("/healthz", get(healthz))
         .route("/ping", get(ping))
         .route("/metrics", get(metrics_text))
@@ -131,6 +133,16 @@ async fn root(State(state): State<Arc<AppState>>) -> Response {
         "uptime_ms": state.started.elapsed().as_millis() as u64,
     }))
     .into_response()
+}
+
+/// The request headers as a JSON object (last value wins), plus the replica: lets tests see what a proxy
+/// in front added or changed.
+async fn headers_echo(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let mut map = serde_json::Map::new();
+    for (name, value) in &headers {
+        map.insert(name.as_str().to_owned(), json!(String::from_utf8_lossy(value.as_bytes())));
+    }
+    axum::Json(json!({ "replica": state.logger.identity.replica, "headers": map })).into_response()
 }
 
 async fn healthz(State(state): State<Arc<AppState>>) -> Response {

@@ -51,6 +51,17 @@ pub enum Cmd {
     Start(TargetArgs),
     /// Stop every service and the daemon
     Down(DownArgs),
+    /// Run the gateway alone in front of fixed upstreams (benchmarks, trials)
+    Gateway(GatewayArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GatewayArgs {
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Upstream address; repeat for several
+    #[arg(long, required = true)]
+    pub upstream: Vec<SocketAddr>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -82,6 +93,9 @@ pub struct UpArgs {
     /// Address of the control API
     #[arg(long, default_value = "127.0.0.1:9190")]
     pub api: SocketAddr,
+    /// Address of the gateway, the front door of every service
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub gateway: SocketAddr,
     /// Do not run the services' [build] commands first
     #[arg(long)]
     pub no_build: bool,

@@ -33,7 +33,12 @@ pub fn up(state_dir: &Path, args: UpArgs, runtime: tokio::runtime::Runtime) -> a
     for service in &services {
         eprintln!("berth: {} from {}", service.spec.name, service.dir.display());
     }
-    runtime.block_on(daemon::run(DaemonOptions { state_dir: state_dir.to_path_buf(), api: args.api, services }))?;
+    runtime.block_on(daemon::run(DaemonOptions {
+        state_dir: state_dir.to_path_buf(),
+        api: args.api,
+        gateway: args.gateway,
+        services,
+    }))?;
     Ok(ExitCode::SUCCESS)
 }
 

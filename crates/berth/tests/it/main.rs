@@ -2,6 +2,7 @@
 
 mod check;
 mod control;
+mod gateway;
 mod healing;
 mod restart;
 mod support;

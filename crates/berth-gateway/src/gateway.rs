@@ -1,0 +1,252 @@
+//! The gateway's handle: configuration, the listener, routing-table updates, outlier ejection and
+//! draining. The gateway never reads files or the spec; it is handed `RoutingTable`s.
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tracing::{debug, warn};
+
+use crate::endpoint::EndpointState;
+use crate::metrics::{EjectReason, Metrics, RetryReason};
+use crate::proxy::{self, ReqBody};
+use crate::table::{Registry, RouteEntry, RoutingTable, ServiceEntry, Snapshot};
+
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Largest request head (request line + headers); larger gets 431.
+    pub max_header_bytes: usize,
+    /// Largest request body; larger gets 413.
+    pub max_body_bytes: u64,
+    /// Bodies up to this size are buffered so that a retry can replay them.
+    pub replay_buffer_bytes: usize,
+    /// A client must send its whole request head within this time (slowloris defence).
+    pub header_read_timeout: Duration,
+    /// Idle upstream connections are closed after this; keep it below the replicas' own idle timeout.
+    pub upstream_idle_timeout: Duration,
+    /// Consecutive failures that eject an endpoint.
+    pub eject_after_failures: u32,
+    pub eject_base: Duration,
+    pub eject_max: Duration,
+    /// At most this share of a service's endpoints is ejected at once (but always one).
+    pub max_ejected_share: f64,
+    /// An endpoint with work in flight that answers nothing for this long (or 4x its slowest recent
+    /// answer, whichever is longer) is stalled and ejected.
+    pub stall_after: Duration,
+    /// `X-Source` value for requests through this listener.
+    pub source: String,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            max_header_bytes: 64 * 1024,
+            max_body_bytes: 16 * 1024 * 1024,
+            replay_buffer_bytes: 64 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            upstream_idle_timeout: Duration::from_secs(2),
+            eject_after_failures: 5,
+            eject_base: Duration::from_secs(30),
+            eject_max: Duration::from_secs(300),
+            max_ejected_share: 0.5,
+            stall_after: Duration::from_secs(1),
+            source: "external".to_owned(),
+        }
+    }
+}
+
+/// Cheap to clone; all clones are one gateway.
+#[derive(Clone)]
+pub struct Gateway {
+    shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) config: GatewayConfig,
+    pub(crate) client: Client<HttpConnector, ReqBody>,
+    snapshot: RwLock<Arc<Snapshot>>,
+    registry: Mutex<Registry>,
+    metrics: Metrics,
+}
+
+impl Gateway {
+    pub fn new(config: GatewayConfig) -> Gateway {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(config.upstream_idle_timeout)
+            // A pooled connection the replica closed before our request was written: resend.
+            .retry_canceled_requests(true)
+            // The client's Host header passes through unchanged.
+            .set_host(false)
+            .build(connector);
+        Gateway {
+            shared: Arc::new(Shared {
+                config,
+                client,
+                snapshot: RwLock::new(Arc::new(Snapshot::empty())),
+                registry: Mutex::new(Registry::new()),
+                metrics: Metrics::new(),
+            }),
+        }
+    }
+
+    /// Swaps in a new routing table. Requests in flight finish on the snapshot they started with.
+    pub fn update(&self, table: &RoutingTable) {
+        let snapshot = lock(&self.shared.registry).compile(table, &self.shared.metrics);
+        *self.shared.snapshot.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(snapshot);
+    }
+
+    /// Accepts connections until the task is dropped. Also watches for stalled endpoints.
+    pub async fn serve(&self, listener: TcpListener) -> std::io::Result<()> {
+        let watcher = tokio::spawn(watch_stalls(self.shared.clone()));
+        let _stop_watcher = AbortOnDrop(watcher);
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.shared.config.header_read_timeout)
+            .max_buf_size(self.shared.config.max_header_bytes.max(8192))
+            .keep_alive(true);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(self.shared.config.max_header_bytes as u32)
+            .max_concurrent_streams(256);
+        let builder = Arc::new(builder);
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off briefly, keep serving.
+                    warn!(error = %error, "gateway accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let shared = self.shared.clone();
+            let builder = builder.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| proxy::handle(shared.clone(), peer, req));
+                if let Err(error) = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await {
+                    debug!(peer = %peer, error = %error, "client connection ended with an error");
+                }
+            });
+        }
+    }
+
+    /// Waits until `instance` is out of the routing table and has no request in flight, or `timeout`.
+    /// Returns whether it drained.
+    pub async fn drain(&self, instance: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let in_table = self.shared.snapshot().contains(instance);
+            let busy = lock(&self.shared.registry).endpoint(instance).map_or(0, |endpoint| endpoint.outstanding());
+            if !in_table && busy == 0 {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Prometheus text exposition of the gateway's metrics.
+    pub fn render_metrics(&self, out: &mut String) {
+        self.shared.metrics.render(out);
+    }
+
+    /// Address of an endpoint as the gateway knows it (for tests and status).
+    pub fn is_ejected(&self, instance: &str) -> bool {
+        lock(&self.shared.registry).endpoint(instance).is_some_and(|endpoint| endpoint.is_ejected(Instant::now()))
+    }
+}
+
+impl Shared {
+    pub(crate) fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    /// After a failed attempt: eject the endpoint once its failure streak reaches the threshold.
+    pub(crate) fn after_failure(&self, service: &ServiceEntry, endpoint: &EndpointState) {
+        if endpoint.consecutive_failures() >= self.config.eject_after_failures {
+            self.eject(service, endpoint, EjectReason::ConsecutiveFailures);
+        }
+    }
+
+    /// Whether a retry may go ahead: time left and the budget says yes. Counts the outcome.
+    pub(crate) fn allow_retry(
+        &self,
+        service: &ServiceEntry,
+        route: &RouteEntry,
+        reason: RetryReason,
+        deadline: Instant,
+    ) -> bool {
+        let now = Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        if !service.budget.withdraw(now) {
+            route.metrics.budget_exhausted();
+            return false;
+        }
+        route.metrics.retry(reason);
+        true
+    }
+
+    fn eject(&self, service: &ServiceEntry, endpoint: &EndpointState, reason: EjectReason) {
+        let now = Instant::now();
+        if endpoint.is_ejected(now) {
+            return;
+        }
+        let all = service.groups.iter().flat_map(|group| group.endpoints.iter());
+        let n_total = service.n_endpoints();
+        let n_ejected = all.filter(|e| e.is_ejected(now)).count();
+        let allowed = ((n_total as f64 * self.config.max_ejected_share).floor() as usize).max(1);
+        if n_ejected + 1 > allowed {
+            return;
+        }
+        let period = endpoint.eject(self.config.eject_base, self.config.eject_max, now);
+        self.metrics.ejection(&service.name, reason);
+        warn!(service = %service.name, instance = %endpoint.instance, addr = %endpoint.addr, ?reason, period_s = period.as_secs(), "endpoint ejected");
+    }
+}
+
+/// Ejects endpoints that hold requests but answer nothing: a hung replica stops getting traffic within
+/// about a second, long before health probes notice.
+async fn watch_stalls(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        let snapshot = shared.snapshot();
+        let now = Instant::now();
+        for service in snapshot.services() {
+            for endpoint in service.groups.iter().flat_map(|group| group.endpoints.iter()) {
+                if !endpoint.is_ejected(now) && endpoint.is_stalled(now, shared.config.stall_after) {
+                    shared.eject(service, endpoint, EjectReason::Stalled);
+                }
+            }
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

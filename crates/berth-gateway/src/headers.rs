@@ -1,0 +1,205 @@
+//! Header rewriting at the edge: hop-by-hop headers removed, `X-Forwarded-*`, `X-Request-Id` and W3C
+//! `traceparent` kept or created, and `X-Source` set to the calling side (never trusted from outside).
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) const X_SOURCE: HeaderName = HeaderName::from_static("x-source");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Who is calling: ingress traffic is `external`.
+pub(crate) struct Forwarding<'a> {
+    pub(crate) client_ip: IpAddr,
+    pub(crate) proto: &'static str,
+    pub(crate) source: &'a str,
+}
+
+/// Rewrites a request's headers for the upstream. Returns the request id (kept or new) to echo back.
+pub(crate) fn rewrite_request(headers: &mut HeaderMap, forwarding: &Forwarding<'_>, upgrade: bool) -> HeaderValue {
+    let te_trailers = headers.get(header::TE).is_some_and(|te| te.to_str().is_ok_and(|te| te.contains("trailers")));
+    remove_hop_by_hop(headers, upgrade);
+    if te_trailers {
+        // gRPC needs `TE: trailers` end to end; it is the one TE value that may pass.
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prior) => format!("{prior}, {}", forwarding.client_ip),
+        None => forwarding.client_ip.to_string(),
+    };
+    if let Ok(value) = HeaderValue::try_from(xff) {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(forwarding.proto));
+    if let Some(host) = headers.get(header::HOST).cloned() {
+        headers.insert(X_FORWARDED_HOST, host);
+    }
+    if let Ok(source) = HeaderValue::try_from(forwarding.source) {
+        headers.insert(X_SOURCE, source);
+    }
+
+    let request_id = match headers.get(&X_REQUEST_ID) {
+        Some(id) if is_sane_id(id) => id.clone(),
+        _ => HeaderValue::try_from(random_hex(16)).unwrap_or(HeaderValue::from_static("0")),
+    };
+    headers.insert(X_REQUEST_ID, request_id.clone());
+    let trace_ok = headers.get(&TRACEPARENT).and_then(|v| v.to_str().ok()).is_some_and(is_valid_traceparent);
+    if !trace_ok {
+        let traceparent = format!("00-{}-{}-01", random_hex(16), random_hex(8));
+        if let Ok(value) = HeaderValue::try_from(traceparent) {
+            headers.insert(TRACEPARENT, value);
+        }
+    }
+    request_id
+}
+
+/// Removes hop-by-hop headers from an upstream response.
+pub(crate) fn rewrite_response(headers: &mut HeaderMap, upgrade: bool) {
+    remove_hop_by_hop(headers, upgrade);
+}
+
+/// Connection-scoped headers (RFC 9110 §7.6.1), and any header the `Connection` header names. An upgrade
+/// keeps `Connection: upgrade` and `Upgrade`.
+fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::try_from(name.trim()).ok())
+        .filter(|name| !(upgrade && name == header::UPGRADE))
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [KEEP_ALIVE, PROXY_CONNECTION, header::TE, header::TRAILER, header::TRANSFER_ENCODING] {
+        headers.remove(name);
+    }
+    headers.remove(header::CONNECTION);
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|token| token.trim().eq_ignore_ascii_case("upgrade")))
+}
+
+fn is_sane_id(id: &HeaderValue) -> bool {
+    (1..=200).contains(&id.len()) && id.as_bytes().iter().all(|b| b.is_ascii_graphic())
+}
+
+/// `version-traceid-parentid-flags`, lowercase hex, ids not all zero (W3C Trace Context).
+fn is_valid_traceparent(value: &str) -> bool {
+    let parts: Vec<&str> = value.split('-').collect();
+    let hex =
+        |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    parts.len() == 4
+        && hex(parts[0], 2)
+        && parts[0] != "ff"
+        && hex(parts[1], 32)
+        && parts[1].bytes().any(|b| b != b'0')
+        && hex(parts[2], 16)
+        && parts[2].bytes().any(|b| b != b'0')
+        && hex(parts[3], 2)
+}
+
+fn random_hex(n_bytes: usize) -> String {
+    let mut bytes = vec![0u8; n_bytes];
+    fill_random(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn fill_random(bytes: &mut [u8]) {
+    use std::hash::{BuildHasher, Hasher};
+    // Unique, not secret: ids for correlation. RandomState is seeded per process from the OS.
+    for chunk in bytes.chunks_mut(8) {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u128(
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0),
+        );
+        let value = hasher.finish().to_le_bytes();
+        chunk.copy_from_slice(&value[..chunk.len()]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forwarding() -> Forwarding<'static> {
+        Forwarding { client_ip: [10, 0, 0, 7].into(), proto: "http", source: "external" }
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    #[test]
+    fn forwarding_headers_are_added_and_source_cannot_be_forged() {
+        let mut h = headers(&[("host", "web.example"), ("x-source", "billing"), ("x-forwarded-for", "1.2.3.4")]);
+        rewrite_request(&mut h, &forwarding(), false);
+        assert_eq!(h["x-source"], "external");
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.7");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "web.example");
+    }
+
+    #[test]
+    fn request_id_and_traceparent_are_kept_when_valid_and_created_otherwise() {
+        let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut kept = headers(&[("x-request-id", "abc-123"), ("traceparent", trace)]);
+        let id = rewrite_request(&mut kept, &forwarding(), false);
+        assert_eq!(id, "abc-123");
+        assert_eq!(kept["traceparent"], trace);
+        let mut made = headers(&[("traceparent", "garbage")]);
+        let id = rewrite_request(&mut made, &forwarding(), false);
+        assert_eq!(id.len(), 32);
+        assert!(is_valid_traceparent(made["traceparent"].to_str().expect("ascii")));
+        let other = rewrite_request(&mut HeaderMap::new(), &forwarding(), false);
+        assert_ne!(id, other);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed_but_te_trailers_passes() {
+        let mut h = headers(&[
+            ("connection", "keep-alive, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("upgrade", "websocket"),
+        ]);
+        rewrite_request(&mut h, &forwarding(), false);
+        for gone in ["connection", "x-secret", "keep-alive", "upgrade"] {
+            assert!(!h.contains_key(gone), "{gone} kept");
+        }
+        assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn upgrades_keep_their_headers() {
+        let mut h = headers(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        assert!(is_upgrade(&h));
+        rewrite_request(&mut h, &forwarding(), true);
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["upgrade"], "websocket");
+    }
+}

@@ -1,0 +1,243 @@
+//! The request path: pick an endpoint, send, and hide what can be hidden of a failure.
+//!
+//! Retry rules: a request that never reached a replica (connect failure) is retried elsewhere whatever its
+//! method; 502/503/504, resets and per-try timeouts are retried only for idempotent methods and only within
+//! the retry budget; a request whose endpoint gets ejected while it waits moves elsewhere (idempotent only).
+//! A body can only be replayed when it was small enough to buffer; otherwise there is one attempt.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, Version, header};
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::Incoming;
+use tracing::debug;
+
+use crate::balance;
+use crate::endpoint::{EndpointState, Outcome};
+use crate::error::ProxyError;
+use crate::gateway::Shared;
+use crate::headers::{self, Forwarding, X_REQUEST_ID};
+use crate::metrics::RetryReason;
+use crate::table::{RouteEntry, ServiceEntry};
+
+pub(crate) type ReqBody = Either<Full<Bytes>, Limited<Incoming>>;
+pub(crate) type ResBody = Either<Incoming, Full<Bytes>>;
+
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<ResBody>, Infallible> {
+    let started = Instant::now();
+    let snapshot = shared.snapshot();
+    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).or(req.uri().host());
+    let Some(service) = snapshot.service_for(host).cloned() else {
+        return Ok(ProxyError::NoRoute.into_response());
+    };
+    let route = service.route_for(req.uri().path());
+    let in_flight = route.metrics.start(req.method());
+    let res = match proxy(&shared, &service, route, peer, req, started).await {
+        Ok(res) => res,
+        Err(error) => {
+            debug!(service = %service.name, error = %error, "request failed");
+            error.into_response()
+        }
+    };
+    in_flight.finish(res.status().as_u16());
+    Ok(res)
+}
+
+enum Attempted {
+    Response(Response<Incoming>),
+    NeverSent(String),
+    Failed(String),
+    Ejected,
+    TimedOut,
+}
+
+/// A request body: buffered (replayable) or streamed (one attempt only).
+enum RequestBody {
+    Buffered(Bytes),
+    Streaming(Option<Limited<Incoming>>),
+}
+
+async fn proxy(
+    shared: &Shared,
+    service: &ServiceEntry,
+    route: &RouteEntry,
+    peer: SocketAddr,
+    mut req: Request<Incoming>,
+    started: Instant,
+) -> Result<Response<ResBody>, ProxyError> {
+    let deadline = started + route.timeout;
+    let upgrade = headers::is_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    let idempotent = parts.method.is_idempotent();
+    let forwarding = Forwarding { client_ip: peer.ip(), proto: "http", source: &shared.config.source };
+    let request_id = headers::rewrite_request(&mut parts.headers, &forwarding, upgrade);
+    if !parts.headers.contains_key(header::HOST) {
+        // HTTP/2 carries the host in the URI's authority; HTTP/1.1 upstreams need the header.
+        if let Some(authority) = parts.uri.authority().and_then(|a| HeaderValue::try_from(a.as_str()).ok()) {
+            parts.headers.insert(header::HOST, authority);
+        }
+    }
+    let mut body = prepare_body(body, &parts.headers, shared, deadline).await?;
+    let replayable = matches!(body, RequestBody::Buffered(_));
+    service.budget.deposit();
+
+    let path_and_query = parts.uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/").to_owned();
+    let mut tried: Vec<Arc<EndpointState>> = Vec::new();
+    let mut last_error = ProxyError::NoUpstream { service: service.name.clone() };
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(ProxyError::Timeout);
+        }
+        let Some(endpoint) = balance::pick(service, &tried, now) else { return Err(last_error) };
+        let attempt_body = match &mut body {
+            RequestBody::Buffered(bytes) => Either::Left(Full::new(bytes.clone())),
+            RequestBody::Streaming(stream) => match stream.take() {
+                Some(stream) => Either::Right(stream),
+                None => return Err(last_error),
+            },
+        };
+        let mut upstream_req = Request::new(attempt_body);
+        *upstream_req.method_mut() = parts.method.clone();
+        *upstream_req.uri_mut() = format!("http://{}{}", endpoint.addr, path_and_query)
+            .parse()
+            .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
+        *upstream_req.version_mut() = Version::HTTP_11;
+        *upstream_req.headers_mut() = parts.headers.clone();
+
+        let attempt = endpoint.begin();
+        let remaining = deadline - now;
+        let per_try = route.per_try_timeout.map_or(remaining, |t| t.min(remaining));
+        let watch_ejection = idempotent && replayable;
+        let outcome = tokio::select! {
+            res = shared.client.request(upstream_req) => match res {
+                Ok(res) => Attempted::Response(res),
+                Err(error) if error.is_connect() => Attempted::NeverSent(error_chain(&error)),
+                Err(error) => Attempted::Failed(error_chain(&error)),
+            },
+            _ = endpoint.ejected.notified(), if watch_ejection => Attempted::Ejected,
+            _ = tokio::time::sleep(per_try) => Attempted::TimedOut,
+        };
+        tried.push(endpoint.clone());
+        let retry_ok = |reason| idempotent && replayable && shared.allow_retry(service, route, reason, deadline);
+        match outcome {
+            Attempted::Response(res) => {
+                let status = res.status();
+                if status.is_server_error() {
+                    attempt.finish(Outcome::Failure);
+                    shared.after_failure(service, &endpoint);
+                } else {
+                    attempt.finish(Outcome::Success);
+                }
+                let gateway_error = matches!(status.as_u16(), 502..=504);
+                if gateway_error && retry_ok(RetryReason::Status5xx) {
+                    last_error = ProxyError::Upstream(format!("replica answered {status}"));
+                    continue;
+                }
+                return Ok(respond(res, request_id, client_upgrade));
+            }
+            Attempted::NeverSent(detail) => {
+                attempt.finish(Outcome::Failure);
+                shared.after_failure(service, &endpoint);
+                last_error = ProxyError::Upstream(detail);
+                if !replayable {
+                    return Err(last_error);
+                }
+                route.metrics.retry(RetryReason::NeverSent);
+            }
+            Attempted::Failed(detail) => {
+                attempt.finish(Outcome::Failure);
+                shared.after_failure(service, &endpoint);
+                last_error = ProxyError::Upstream(detail);
+                if !retry_ok(RetryReason::Status5xx) {
+                    return Err(last_error);
+                }
+            }
+            Attempted::Ejected => {
+                drop(attempt);
+                route.metrics.retry(RetryReason::Ejected);
+                last_error = ProxyError::Upstream("replica ejected while answering".to_owned());
+            }
+            Attempted::TimedOut => {
+                attempt.finish(Outcome::Failure);
+                shared.after_failure(service, &endpoint);
+                last_error = ProxyError::Timeout;
+                if per_try >= remaining || !retry_ok(RetryReason::PerTryTimeout) {
+                    return Err(last_error);
+                }
+            }
+        }
+    }
+}
+
+/// Buffers a small body (so a retry can replay it) or passes a large one through, bounded either way.
+async fn prepare_body(
+    body: Incoming,
+    headers: &http::HeaderMap,
+    shared: &Shared,
+    deadline: Instant,
+) -> Result<RequestBody, ProxyError> {
+    use http_body::Body;
+    let max_body = shared.config.max_body_bytes;
+    let length = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if length.is_some_and(|length| length > max_body) {
+        return Err(ProxyError::BodyTooLarge { limit: max_body });
+    }
+    if body.is_end_stream() {
+        return Ok(RequestBody::Buffered(Bytes::new()));
+    }
+    let limited = Limited::new(body, max_body as usize);
+    match length {
+        Some(length) if length <= shared.config.replay_buffer_bytes as u64 => {
+            let collected = tokio::time::timeout_at(deadline.into(), limited.collect())
+                .await
+                .map_err(|_| ProxyError::Timeout)?
+                .map_err(|_| ProxyError::BadRequest("the request body ended early or was too large"))?;
+            Ok(RequestBody::Buffered(collected.to_bytes()))
+        }
+        _ => Ok(RequestBody::Streaming(Some(limited))),
+    }
+}
+
+fn respond(
+    mut res: Response<Incoming>,
+    request_id: HeaderValue,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Response<ResBody> {
+    let switching = res.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
+        let upstream_upgrade = hyper::upgrade::on(&mut res);
+        tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
+    }
+    headers::rewrite_response(res.headers_mut(), switching);
+    res.headers_mut().insert(X_REQUEST_ID, request_id);
+    res.map(Either::Left)
+}
+
+/// Copies bytes both ways between an upgraded client connection and the replica (WebSocket and the like).
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (Ok(client), Ok(upstream)) = tokio::join!(client, upstream) else { return };
+    let mut client = hyper_util::rt::TokioIo::new(client);
+    let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut res = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        res.push_str(": ");
+        res.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    res
+}

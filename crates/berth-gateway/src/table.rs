@@ -1,0 +1,282 @@
+//! The routing table: what `berth-deploy` hands the gateway (plain data), and the compiled snapshot the
+//! request path reads. A snapshot is immutable; an update builds a new one and swaps it in.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::budget::RetryBudget;
+use crate::endpoint::EndpointState;
+use crate::metrics::{Metrics, RouteMetrics};
+
+/// Everything the gateway routes, as data.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RoutingTable {
+    pub services: Vec<ServiceRoutes>,
+    /// Where a request for an unknown host goes; `None` answers 404.
+    pub default_service: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceRoutes {
+    pub name: String,
+    /// Host names besides `<name>.localhost`.
+    pub hosts: Vec<String>,
+    /// Path prefixes with their policies; a catch-all `/` with defaults is added when none matches.
+    pub routes: Vec<RoutePolicy>,
+    pub endpoints: Vec<Upstream>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoutePolicy {
+    pub prefix: String,
+    /// Deadline of the whole request (retries included) until the response head.
+    pub timeout: Duration,
+    /// Deadline of one attempt; `None`: the whole remaining time.
+    pub per_try_timeout: Option<Duration>,
+}
+
+impl RoutePolicy {
+    pub fn catch_all() -> RoutePolicy {
+        RoutePolicy { prefix: "/".to_owned(), timeout: Duration::from_secs(30), per_try_timeout: None }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Upstream {
+    /// Identifies the endpoint across updates (a replica instance id).
+    pub instance: String,
+    pub addr: SocketAddr,
+    /// Replica group ("stable", "canary", a partner's pool...). Traffic is split between groups by weight.
+    pub group: String,
+    pub weight: u32,
+}
+
+pub(crate) struct Snapshot {
+    by_host: HashMap<String, Arc<ServiceEntry>>,
+    default: Option<Arc<ServiceEntry>>,
+}
+
+pub(crate) struct ServiceEntry {
+    pub(crate) name: String,
+    /// Longest prefix first.
+    routes: Vec<RouteEntry>,
+    pub(crate) groups: Vec<Group>,
+    pub(crate) budget: Arc<RetryBudget>,
+}
+
+pub(crate) struct Group {
+    pub(crate) weight: u32,
+    pub(crate) endpoints: Vec<Arc<EndpointState>>,
+}
+
+pub(crate) struct RouteEntry {
+    pub(crate) prefix: String,
+    pub(crate) timeout: Duration,
+    pub(crate) per_try_timeout: Option<Duration>,
+    pub(crate) metrics: Arc<RouteMetrics>,
+}
+
+/// State that outlives snapshots: endpoints (by instance id) and retry budgets (by service).
+pub(crate) struct Registry {
+    pub(crate) epoch: Instant,
+    endpoints: HashMap<String, Arc<EndpointState>>,
+    budgets: HashMap<String, Arc<RetryBudget>>,
+}
+
+impl Registry {
+    pub(crate) fn new() -> Registry {
+        Registry { epoch: Instant::now(), endpoints: HashMap::new(), budgets: HashMap::new() }
+    }
+
+    /// The endpoint's live state, if it is in a table or still has requests in flight.
+    pub(crate) fn endpoint(&self, instance: &str) -> Option<Arc<EndpointState>> {
+        self.endpoints.get(instance).cloned()
+    }
+
+    /// Compiles `table`, reusing the live state of endpoints it already knew.
+    pub(crate) fn compile(&mut self, table: &RoutingTable, metrics: &Metrics) -> Snapshot {
+        let mut by_host = HashMap::new();
+        let mut by_name = HashMap::new();
+        let mut seen = Vec::new();
+        for service in &table.services {
+            let entry = Arc::new(self.compile_service(service, metrics, &mut seen));
+            by_host.insert(format!("{}.localhost", service.name), entry.clone());
+            for host in &service.hosts {
+                by_host.insert(normalize_host(host), entry.clone());
+            }
+            by_name.insert(service.name.clone(), entry);
+        }
+        // Forget endpoints that left every table once nothing holds them (no request in flight).
+        self.endpoints.retain(|instance, state| seen.contains(instance) || Arc::strong_count(state) > 1);
+        self.budgets.retain(|name, _| by_name.contains_key(name));
+        let default = table.default_service.as_ref().and_then(|name| by_name.get(name).cloned());
+        Snapshot { by_host, default }
+    }
+
+    fn compile_service(&mut self, service: &ServiceRoutes, metrics: &Metrics, seen: &mut Vec<String>) -> ServiceEntry {
+        let mut routes: Vec<RouteEntry> = service
+            .routes
+            .iter()
+            .chain(std::iter::once(&RoutePolicy::catch_all()))
+            .map(|route| RouteEntry {
+                prefix: route.prefix.clone(),
+                timeout: route.timeout,
+                per_try_timeout: route.per_try_timeout,
+                metrics: metrics.route(&service.name, &route.prefix),
+            })
+            .collect();
+        // A declared `/` wins over the implicit catch-all, which is last among equals.
+        routes.sort_by_key(|route| std::cmp::Reverse(route.prefix.len()));
+        routes.dedup_by(|later, earlier| later.prefix == earlier.prefix);
+
+        let mut groups: Vec<Group> = Vec::new();
+        let mut group_names: Vec<&str> = Vec::new();
+        for upstream in &service.endpoints {
+            let state = self
+                .endpoints
+                .entry(upstream.instance.clone())
+                .and_modify(|state| {
+                    if state.addr != upstream.addr {
+                        *state = Arc::new(EndpointState::new(upstream.instance.clone(), upstream.addr, self.epoch));
+                    }
+                })
+                .or_insert_with(|| Arc::new(EndpointState::new(upstream.instance.clone(), upstream.addr, self.epoch)))
+                .clone();
+            seen.push(upstream.instance.clone());
+            match group_names.iter().position(|name| *name == upstream.group) {
+                Some(idx) => groups[idx].endpoints.push(state),
+                None => {
+                    group_names.push(&upstream.group);
+                    groups.push(Group { weight: upstream.weight, endpoints: vec![state] });
+                }
+            }
+        }
+        let budget = self.budgets.entry(service.name.clone()).or_insert_with(|| Arc::new(RetryBudget::new())).clone();
+        ServiceEntry { name: service.name.clone(), routes, groups, budget }
+    }
+}
+
+impl Snapshot {
+    pub(crate) fn empty() -> Snapshot {
+        Snapshot { by_host: HashMap::new(), default: None }
+    }
+
+    pub(crate) fn service_for(&self, host: Option<&str>) -> Option<&Arc<ServiceEntry>> {
+        host.and_then(|host| self.by_host.get(&normalize_host(host))).or(self.default.as_ref())
+    }
+
+    /// Every service once.
+    pub(crate) fn services(&self) -> Vec<&Arc<ServiceEntry>> {
+        let mut res: Vec<&Arc<ServiceEntry>> = Vec::new();
+        for service in self.by_host.values().chain(self.default.iter()) {
+            if !res.iter().any(|seen| Arc::ptr_eq(seen, service)) {
+                res.push(service);
+            }
+        }
+        res
+    }
+
+    pub(crate) fn contains(&self, instance: &str) -> bool {
+        self.by_host
+            .values()
+            .chain(self.default.iter())
+            .flat_map(|service| service.groups.iter())
+            .flat_map(|group| group.endpoints.iter())
+            .any(|endpoint| endpoint.instance == instance)
+    }
+}
+
+impl ServiceEntry {
+    /// The longest route prefix matching `path` on a segment boundary (`/api` matches `/api/x`, not `/apix`).
+    pub(crate) fn route_for(&self, path: &str) -> &RouteEntry {
+        self.routes
+            .iter()
+            .find(|route| prefix_matches(&route.prefix, path))
+            .or(self.routes.last())
+            .expect("every service has the catch-all route")
+    }
+
+    pub(crate) fn n_endpoints(&self) -> usize {
+        self.groups.iter().map(|group| group.endpoints.len()).sum()
+    }
+}
+
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    if prefix == "/" {
+        return true;
+    }
+    let prefix = prefix.trim_end_matches('/');
+    path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || rest.starts_with('?'))
+}
+
+/// Lowercase, without port and trailing dot; `[::1]:80` keeps its brackets.
+fn normalize_host(host: &str) -> String {
+    let without_port = if host.starts_with('[') {
+        host.split_inclusive(']').next().unwrap_or(host)
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => host,
+        }
+    };
+    without_port.trim_end_matches('.').to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_match_on_segment_boundaries() {
+        assert!(prefix_matches("/", "/anything"));
+        assert!(prefix_matches("/api", "/api"));
+        assert!(prefix_matches("/api", "/api/v1"));
+        assert!(prefix_matches("/api/", "/api/v1"));
+        assert!(!prefix_matches("/api", "/apix"));
+    }
+
+    #[test]
+    fn hosts_are_normalized() {
+        assert_eq!(normalize_host("Web.Localhost:8080"), "web.localhost");
+        assert_eq!(normalize_host("example.com."), "example.com");
+        assert_eq!(normalize_host("example.com"), "example.com");
+        assert_eq!(normalize_host("[::1]:8080"), "[::1]");
+    }
+
+    #[test]
+    fn longest_route_wins_and_endpoints_keep_state_across_updates() {
+        let metrics = Metrics::new();
+        let mut registry = Registry::new();
+        let upstream = |instance: &str, port| Upstream {
+            instance: instance.into(),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            group: "stable".into(),
+            weight: 100,
+        };
+        let table = |endpoints| RoutingTable {
+            services: vec![ServiceRoutes {
+                name: "web".into(),
+                hosts: vec!["example.com".into()],
+                routes: vec![RoutePolicy {
+                    prefix: "/api".into(),
+                    timeout: Duration::from_secs(5),
+                    per_try_timeout: None,
+                }],
+                endpoints,
+            }],
+            default_service: None,
+        };
+        let first = registry.compile(&table(vec![upstream("a", 1), upstream("b", 2)]), &metrics);
+        let web = first.service_for(Some("example.com:80")).expect("routed by domain");
+        assert_eq!(web.route_for("/api/users").prefix, "/api");
+        assert_eq!(web.route_for("/other").prefix, "/");
+        let a_before = web.groups[0].endpoints[0].clone();
+        let second = registry.compile(&table(vec![upstream("a", 1)]), &metrics);
+        let web = second.service_for(Some("web.localhost")).expect("routed by name");
+        assert!(Arc::ptr_eq(&web.groups[0].endpoints[0], &a_before), "live state kept");
+        assert!(second.contains("a") && !second.contains("b"));
+        assert!(second.service_for(Some("unknown")).is_none());
+    }
+}
