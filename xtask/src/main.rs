@@ -1,4 +1,5 @@
-//! Repository automation: `cargo xtask ci` runs what CI runs, plus clippy.
+//! Repository automation: `cargo xtask ci` runs what CI runs, plus clippy; `cargo xtask bench` measures
+//! the gateway against nginx, HAProxy and Caddy with the peer kit in `../shared/bench`.
 //!
 //! The repository checks themselves (module docs, formatting) are ordinary tests in `tidy`, so that
 //! `cargo test --workspace` is the whole gate.
@@ -10,6 +11,9 @@ use std::process::{Command, ExitCode};
 
 fn main() -> ExitCode {
     let task = std::env::args().nth(1).unwrap_or_default();
+    if task == "bench" {
+        return bench(std::env::args().skip(2).collect());
+    }
     let steps: &[&[&str]] = match task.as_str() {
         "ci" => &[
             &["fmt", "--all", "--", "--check"],
@@ -17,7 +21,7 @@ fn main() -> ExitCode {
             &["test", "--workspace"],
         ],
         _ => {
-            eprintln!("usage: cargo xtask ci");
+            eprintln!("usage: cargo xtask ci | cargo xtask bench [SECONDS CONNECTIONS]");
             return ExitCode::from(2);
         }
     };
@@ -30,6 +34,49 @@ fn main() -> ExitCode {
                 eprintln!("xtask: `cargo {}` failed", step.join(" "));
                 return ExitCode::FAILURE;
             }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// Builds berth in release mode, then runs the peer kit twice in one go: throughput at 64 keep-alive
+/// connections, and latency at a fixed 120 requests/s. The kit prints each table with ratios to nginx.
+fn bench(args: Vec<String>) -> ExitCode {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let kit = root.join("../shared/bench");
+    if !kit.join("compare.sh").is_file() {
+        eprintln!("xtask: the peer kit is missing at {} (it ships in shared/bench)", kit.display());
+        return ExitCode::FAILURE;
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    eprintln!("xtask: cargo build --release -p berth");
+    if !Command::new(&cargo)
+        .args(["build", "--release", "-p", "berth"])
+        .current_dir(&root)
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        return ExitCode::FAILURE;
+    }
+    let berth = root.join("target/release/berth").canonicalize().unwrap_or_else(|_| root.join("target/release/berth"));
+    let gateway_cmd =
+        format!("exec {} gateway --listen 127.0.0.1:$BERTH_GATEWAY_PORT --upstream $BENCH_UPSTREAM", berth.display());
+    let throughput: Vec<String> = if args.is_empty() { vec![] } else { args };
+    let runs: [(&str, Vec<String>); 2] = [
+        ("throughput, 64 keep-alive connections", throughput),
+        ("latency at a fixed 120 req/s", vec!["--latency".to_owned()]),
+    ];
+    for (what, run_args) in runs {
+        eprintln!("xtask: bench: {what}");
+        let status = Command::new("bash")
+            .arg(kit.join("compare.sh"))
+            .args(&run_args)
+            .env("BERTH_GATEWAY_CMD", &gateway_cmd)
+            .current_dir(&kit)
+            .status();
+        if !status.is_ok_and(|s| s.success()) {
+            eprintln!("xtask: bench ({what}) failed");
+            return ExitCode::FAILURE;
         }
     }
     ExitCode::SUCCESS

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::endpoint::EndpointState;
-use crate::table::ServiceEntry;
+use crate::table::{Group, ServiceEntry};
 
 /// Below this share of endpoints not ejected, ejection is ignored: trusting it would overload the rest.
 const PANIC_THRESHOLD: f64 = 0.5;
@@ -23,35 +23,30 @@ pub(crate) fn pick(service: &ServiceEntry, tried: &[Arc<EndpointState>], now: In
     let usable = |endpoint: &Arc<EndpointState>| {
         (panic || !endpoint.is_ejected(now)) && !tried.iter().any(|t| Arc::ptr_eq(t, endpoint))
     };
+    let n_usable = |group: &Group| group.endpoints.iter().filter(|e| usable(e)).count();
 
-    // Weighted choice among the groups that have something usable.
-    let candidates: Vec<(u32, Vec<&Arc<EndpointState>>)> = service
-        .groups
-        .iter()
-        .map(|group| (group.weight, group.endpoints.iter().filter(|e| usable(e)).collect::<Vec<_>>()))
-        .filter(|(weight, endpoints)| *weight > 0 && !endpoints.is_empty())
-        .collect();
-    let total_weight: u64 = candidates.iter().map(|(weight, _)| u64::from(*weight)).sum();
+    // Weighted choice among the groups that have something usable; no allocation on this path.
+    let total_weight: u64 =
+        service.groups.iter().filter(|g| g.weight > 0 && n_usable(g) > 0).map(|g| u64::from(g.weight)).sum();
     if total_weight == 0 {
         return None;
     }
     let mut ticket = random() % total_weight;
-    let endpoints = candidates
-        .iter()
-        .find(|(weight, _)| {
-            let hit = ticket < u64::from(*weight);
-            ticket = ticket.saturating_sub(u64::from(*weight));
-            hit
-        })
-        .map(|(_, endpoints)| endpoints)?;
+    let group = service.groups.iter().filter(|g| g.weight > 0 && n_usable(g) > 0).find(|g| {
+        let hit = ticket < u64::from(g.weight);
+        ticket = ticket.saturating_sub(u64::from(g.weight));
+        hit
+    })?;
 
-    match endpoints.len() {
+    let n = n_usable(group);
+    let nth_usable = |k: usize| group.endpoints.iter().filter(|e| usable(e)).nth(k);
+    match n {
         0 => None,
-        1 => Some(endpoints[0].clone()),
+        1 => nth_usable(0).cloned(),
         n => {
             let a = (random() % n as u64) as usize;
             let b = (a + 1 + (random() % (n as u64 - 1)) as usize) % n;
-            let (ea, eb) = (endpoints[a], endpoints[b]);
+            let (ea, eb) = (nth_usable(a)?, nth_usable(b)?);
             let (la, lb) = (ea.load(now), eb.load(now));
             // Near-equal loads (idle endpoints whose costs differ by decay noise) are a tie: the first
             // pick is already random, so keep it rather than always favouring the older endpoint.
@@ -61,8 +56,8 @@ pub(crate) fn pick(service: &ServiceEntry, tried: &[Arc<EndpointState>], now: In
     }
 }
 
-/// A fast per-thread xorshift generator: the choice needs spread, not cryptographic quality.
-fn random() -> u64 {
+/// A fast per-thread xorshift generator: choices and ids need spread, not cryptographic quality.
+pub(crate) fn random() -> u64 {
     thread_local! {
         static STATE: Cell<u64> = Cell::new({
             let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);

@@ -23,6 +23,8 @@ const FAILURE_PENALTY: Duration = Duration::from_secs(1);
 pub(crate) struct EndpointState {
     pub(crate) instance: String,
     pub(crate) addr: SocketAddr,
+    /// `addr` as a URI authority, built once rather than per request.
+    pub(crate) authority: http::uri::Authority,
     epoch: Instant,
     outstanding: AtomicU32,
     cost: Mutex<PeakEwma>,
@@ -48,9 +50,12 @@ pub(crate) enum Outcome {
 
 impl EndpointState {
     pub(crate) fn new(instance: String, addr: SocketAddr, epoch: Instant) -> EndpointState {
+        let authority = http::uri::Authority::try_from(addr.to_string().as_str())
+            .expect("a socket address is a valid URI authority");
         EndpointState {
             instance,
             addr,
+            authority,
             epoch,
             outstanding: AtomicU32::new(0),
             cost: Mutex::new(PeakEwma { cost_ns: DEFAULT_RTT.as_nanos() as f64, stamp: Instant::now() }),

@@ -118,23 +118,20 @@ fn is_valid_traceparent(value: &str) -> bool {
         && hex(parts[3], 2)
 }
 
+/// `2 × n_bytes` lowercase hex digits of a fast per-thread generator: unique for correlation, not secret.
 fn random_hex(n_bytes: usize) -> String {
-    let mut bytes = vec![0u8; n_bytes];
-    fill_random(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn fill_random(bytes: &mut [u8]) {
-    use std::hash::{BuildHasher, Hasher};
-    // Unique, not secret: ids for correlation. RandomState is seeded per process from the OS.
-    for chunk in bytes.chunks_mut(8) {
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u128(
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0),
-        );
-        let value = hasher.finish().to_le_bytes();
-        chunk.copy_from_slice(&value[..chunk.len()]);
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(n_bytes * 2);
+    let mut word = 0u64;
+    for idx in 0..n_bytes {
+        if idx % 8 == 0 {
+            word = crate::balance::random();
+        }
+        let byte = (word >> ((idx % 8) * 8)) as u8;
+        out.push(HEX[usize::from(byte >> 4)] as char);
+        out.push(HEX[usize::from(byte & 0xf)] as char);
     }
+    out
 }
 
 #[cfg(test)]

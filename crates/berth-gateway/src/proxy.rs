@@ -24,6 +24,10 @@ use crate::headers::{self, Forwarding, X_REQUEST_ID};
 use crate::metrics::RetryReason;
 use crate::table::{RouteEntry, ServiceEntry};
 
+/// How long an attempt runs before it also listens for its endpoint's ejection (well below the stall
+/// threshold, so a stalled endpoint's requests still move on at once).
+const EJECTION_WATCH_AFTER: std::time::Duration = std::time::Duration::from_millis(250);
+
 pub(crate) type ReqBody = Either<Full<Bytes>, Limited<Incoming>>;
 pub(crate) type ResBody = Either<Incoming, Full<Bytes>>;
 
@@ -90,7 +94,8 @@ async fn proxy(
     let replayable = matches!(body, RequestBody::Buffered(_));
     service.budget.deposit();
 
-    let path_and_query = parts.uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/").to_owned();
+    let path_and_query =
+        parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     let mut tried: Vec<Arc<EndpointState>> = Vec::new();
     let mut last_error = ProxyError::NoUpstream { service: service.name.clone() };
     loop {
@@ -108,8 +113,11 @@ async fn proxy(
         };
         let mut upstream_req = Request::new(attempt_body);
         *upstream_req.method_mut() = parts.method.clone();
-        *upstream_req.uri_mut() = format!("http://{}{}", endpoint.addr, path_and_query)
-            .parse()
+        *upstream_req.uri_mut() = http::Uri::builder()
+            .scheme(http::uri::Scheme::HTTP)
+            .authority(endpoint.authority.clone())
+            .path_and_query(path_and_query.clone())
+            .build()
             .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
         *upstream_req.version_mut() = Version::HTTP_11;
         *upstream_req.headers_mut() = parts.headers.clone();
@@ -118,14 +126,34 @@ async fn proxy(
         let remaining = deadline - now;
         let per_try = route.per_try_timeout.map_or(remaining, |t| t.min(remaining));
         let watch_ejection = idempotent && replayable;
-        let outcome = tokio::select! {
-            res = shared.client.request(upstream_req) => match res {
-                Ok(res) => Attempted::Response(res),
-                Err(error) if error.is_connect() => Attempted::NeverSent(error_chain(&error)),
-                Err(error) => Attempted::Failed(error_chain(&error)),
-            },
-            _ = endpoint.ejected.notified(), if watch_ejection => Attempted::Ejected,
-            _ = tokio::time::sleep(per_try) => Attempted::TimedOut,
+        let send = shared.client.request(upstream_req);
+        tokio::pin!(send);
+        let classify = |res: Result<Response<Incoming>, hyper_util::client::legacy::Error>| match res {
+            Ok(res) => Attempted::Response(res),
+            Err(error) if error.is_connect() => Attempted::NeverSent(error_chain(&error)),
+            Err(error) => Attempted::Failed(error_chain(&error)),
+        };
+        // Most answers come quickly: only a slow one waits on the endpoint's ejection signal, which
+        // costs a registration on a lock shared by every request to that endpoint.
+        let quick = per_try.min(EJECTION_WATCH_AFTER);
+        let outcome = match tokio::time::timeout(quick, &mut send).await {
+            Ok(res) => classify(res),
+            Err(_) if quick == per_try => Attempted::TimedOut,
+            Err(_) => {
+                // Register before looking at the flag, so an ejection in between is not missed.
+                let ejected = endpoint.ejected.notified();
+                tokio::pin!(ejected);
+                ejected.as_mut().enable();
+                if watch_ejection && endpoint.is_ejected(Instant::now()) {
+                    Attempted::Ejected
+                } else {
+                    tokio::select! {
+                        res = &mut send => classify(res),
+                        _ = ejected, if watch_ejection => Attempted::Ejected,
+                        _ = tokio::time::sleep(per_try - quick) => Attempted::TimedOut,
+                    }
+                }
+            }
         };
         tried.push(endpoint.clone());
         let retry_ok = |reason| idempotent && replayable && shared.allow_retry(service, route, reason, deadline);
