@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
 use crate::endpoint::EndpointState;
+use crate::framing::FramingGuard;
 use crate::metrics::{EjectReason, Metrics, RetryReason};
 use crate::proxy::{self, ReqBody};
 use crate::table::{Registry, RouteEntry, RoutingTable, ServiceEntry, Snapshot};
@@ -39,6 +40,8 @@ pub struct GatewayConfig {
     pub stall_after: Duration,
     /// `X-Source` value for requests through this listener.
     pub source: String,
+    /// Worker threads, each with its own runtime and upstream pool.
+    pub workers: usize,
 }
 
 impl Default for GatewayConfig {
@@ -55,6 +58,7 @@ impl Default for GatewayConfig {
             max_ejected_share: 0.5,
             stall_after: Duration::from_secs(1),
             source: "external".to_owned(),
+            workers: std::thread::available_parallelism().map(usize::from).unwrap_or(2),
         }
     }
 }
@@ -67,7 +71,6 @@ pub struct Gateway {
 
 pub(crate) struct Shared {
     pub(crate) config: GatewayConfig,
-    pub(crate) client: Client<HttpConnector, ReqBody>,
     snapshot: RwLock<Arc<Snapshot>>,
     registry: Mutex<Registry>,
     metrics: Metrics,
@@ -75,21 +78,9 @@ pub(crate) struct Shared {
 
 impl Gateway {
     pub fn new(config: GatewayConfig) -> Gateway {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(2)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(config.upstream_idle_timeout)
-            // A pooled connection the replica closed before our request was written: resend.
-            .retry_canceled_requests(true)
-            // The client's Host header passes through unchanged.
-            .set_host(false)
-            .build(connector);
         Gateway {
             shared: Arc::new(Shared {
                 config,
-                client,
                 snapshot: RwLock::new(Arc::new(Snapshot::empty())),
                 registry: Mutex::new(Registry::new()),
                 metrics: Metrics::new(),
@@ -103,43 +94,31 @@ impl Gateway {
         *self.shared.snapshot.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(snapshot);
     }
 
-    /// Accepts connections until the task is dropped. Also watches for stalled endpoints.
+    /// Accepts connections until the returned future is dropped, and watches for stalled endpoints.
+    ///
+    /// One thread per core, each with its own single-threaded runtime, accept loop (on the same socket)
+    /// and upstream connection pool: a request and its upstream exchange stay on one thread, with no
+    /// cross-thread wake-ups. Only the routing snapshot, endpoint state and metrics are shared.
     pub async fn serve(&self, listener: TcpListener) -> std::io::Result<()> {
-        let watcher = tokio::spawn(watch_stalls(self.shared.clone()));
-        let _stop_watcher = AbortOnDrop(watcher);
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(self.shared.config.header_read_timeout)
-            .max_buf_size(self.shared.config.max_header_bytes.max(8192))
-            .keep_alive(true);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(self.shared.config.max_header_bytes as u32)
-            .max_concurrent_streams(256);
-        let builder = Arc::new(builder);
-        loop {
-            let (stream, peer) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Out of file descriptors and the like: back off briefly, keep serving.
-                    warn!(error = %error, "gateway accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let _ = stream.set_nodelay(true);
+        let listener = listener.into_std()?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let n_workers = self.shared.config.workers.max(1);
+        for worker in 0..n_workers {
+            let listener = listener.try_clone()?;
             let shared = self.shared.clone();
-            let builder = builder.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| proxy::handle(shared.clone(), peer, req));
-                if let Err(error) = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await {
-                    debug!(peer = %peer, error = %error, "client connection ended with an error");
-                }
-            });
+            let stop_rx = stop_rx.clone();
+            std::thread::Builder::new().name(format!("berth-gateway-{worker}")).spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(runtime) => runtime,
+                    Err(error) => return warn!(error = %error, "cannot start a gateway worker"),
+                };
+                runtime.block_on(worker_loop(shared, listener, stop_rx));
+            })?;
         }
+        // Dropping this future (the daemon stopping the gateway) stops the workers.
+        let _stop_workers = StopOnDrop(stop_tx);
+        watch_stalls(self.shared.clone()).await;
+        Ok(())
     }
 
     /// Waits until `instance` is out of the routing table and has no request in flight, or `timeout`.
@@ -239,11 +218,91 @@ async fn watch_stalls(shared: Arc<Shared>) {
     }
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+/// One gateway worker: accepts connections on its own runtime and serves them with its own client.
+async fn worker_loop(
+    shared: Arc<Shared>,
+    listener: std::net::TcpListener,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(error) => return warn!(error = %error, "gateway worker cannot listen"),
+    };
+    let client = upstream_client(&shared.config);
+    // hyper's smallest read buffer is 8 KiB; the framing guard inspects every head hyper can accept.
+    let max_head = shared.config.max_header_bytes.max(8192);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(shared.config.header_read_timeout)
+        .max_buf_size(max_head)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(shared.config.max_header_bytes as u32)
+        .max_concurrent_streams(256);
+    let builder = Arc::new(builder);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.changed() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors and the like: back off briefly, keep serving.
+                warn!(error = %error, "gateway accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let client = client.clone();
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            // hyper's header-read timer only starts once a first byte has picked HTTP/1 over HTTP/2: a
+            // client that sends nothing would otherwise hold the connection forever.
+            let mut first_byte = [0u8; 1];
+            let peek = tokio::time::timeout(shared.config.header_read_timeout, stream.peek(&mut first_byte));
+            if peek.await.is_err() {
+                debug!(peer = %peer, "client sent nothing in time");
+                return;
+            }
+            let service =
+                hyper::service::service_fn(move |req| proxy::handle(shared.clone(), client.clone(), peer, req));
+            if let Err(error) =
+                builder.serve_connection_with_upgrades(TokioIo::new(FramingGuard::new(stream, max_head)), service).await
+            {
+                debug!(peer = %peer, error = %error, "client connection ended with an error");
+            }
+        });
+    }
+}
 
-impl Drop for AbortOnDrop {
+pub(crate) type UpstreamClient = Client<HttpConnector, ReqBody>;
+
+fn upstream_client(config: &GatewayConfig) -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(2)));
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(config.upstream_idle_timeout)
+        // A pooled connection the replica closed before our request was written: resend.
+        .retry_canceled_requests(true)
+        // The client's Host header passes through unchanged.
+        .set_host(false)
+        .build(connector)
+}
+
+struct StopOnDrop(tokio::sync::watch::Sender<bool>);
+
+impl Drop for StopOnDrop {
     fn drop(&mut self) {
-        self.0.abort();
+        let _ = self.0.send(true);
     }
 }
 

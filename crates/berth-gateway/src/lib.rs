@@ -9,6 +9,7 @@ mod balance;
 mod budget;
 mod endpoint;
 mod error;
+mod framing;
 mod gateway;
 mod headers;
 pub mod metrics;

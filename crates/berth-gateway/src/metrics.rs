@@ -1,26 +1,38 @@
-//! The gateway's metrics: lock-free counters per route, rendered in the Prometheus text format.
+//! The gateway's metrics: lock-free counters per route, rendered in the Prometheus text exposition format
+//! (version 0.0.4).
 //!
-//! The request path touches atomics only: a route's handle (`RouteMetrics`) is looked up when the routing
-//! table is compiled, not per request. Label values come from bounded sets (method, status class, reason).
+//! The request path touches atomics only. A route's handle (`RouteMetrics`) is looked up once, when the
+//! routing table is compiled, and the proxy keeps the `Arc`; starting and finishing a request then costs a
+//! handful of relaxed atomic adds, with no lock, no map lookup and no allocation. Maps and locks are used only
+//! at registration (`Metrics::route`), for the rare ejection, and at render time.
+//!
+//! Every label value except `service` and `route` comes from a bounded set (method, status class, reason),
+//! so the number of series is bounded by the routes the gateway was ever given.
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
+use std::fmt::{self, Write};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-/// Upper bounds of the latency histogram, in seconds.
-const BUCKETS: [f64; 13] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
-const METHODS: [&str; 8] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "other"];
-const CODES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "cancelled"];
-const CANCELLED: usize = 5;
+/// The metrics of one gateway: a registry of per-route handles plus per-service ejection counters.
+///
+/// Handles are never removed: a route that leaves the routing table keeps its series (frozen) until the
+/// process exits, so counters never go backwards while a route is briefly absent during a redeploy.
+#[derive(Default)]
+pub struct Metrics {
+    routes: Mutex<BTreeMap<(String, String), Arc<RouteMetrics>>>,
+    ejections: Mutex<BTreeMap<String, [u64; EJECT_REASONS.len()]>>,
+}
 
+/// Why outlier detection ejected a replica of a service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EjectReason {
     ConsecutiveFailures,
     Stalled,
 }
 
+/// Why a request was retried on another replica.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RetryReason {
     NeverSent,
@@ -29,32 +41,32 @@ pub enum RetryReason {
     Ejected,
 }
 
-const RETRY_REASONS: [&str; 4] = ["never_sent", "status_5xx", "per_try_timeout", "ejected"];
-const EJECT_REASONS: [&str; 2] = ["consecutive_failures", "stalled"];
-
-#[derive(Default)]
-pub struct Metrics {
-    routes: Mutex<BTreeMap<(String, String), Arc<RouteMetrics>>>,
-    ejections: Mutex<BTreeMap<String, [u64; 2]>>,
-}
-
-/// Counters of one route of one service.
+/// The counters of one route of one service, updated with atomics only.
+///
+/// Arrays are indexed by the position of a label value in `METHODS`, `CODES`, `RETRY_REASONS` and the
+/// latency buckets, which are listed in sorted order so rendering in index order is rendering sorted by label.
 pub struct RouteMetrics {
+    /// Per method and status class.
     requests: [[AtomicU64; CODES.len()]; METHODS.len()],
-    /// Per method: one counter per bucket (not cumulative; summed at render time) plus +Inf.
-    buckets: [[AtomicU64; BUCKETS.len() + 1]; METHODS.len()],
+    /// Per method: one counter per bucket, the last one being +Inf. Not cumulative; summed at render time so
+    /// recording a request is a single add.
+    buckets: [[AtomicU64; BUCKET_LABELS.len()]; METHODS.len()],
+    /// Per method: total latency in microseconds. Microseconds rather than nanoseconds so the sum cannot wrap
+    /// in any realistic lifetime (u64 microseconds is over 5,000 years of latency at 100 busy seconds per second).
     sum_micros: [AtomicU64; METHODS.len()],
     in_flight: AtomicI64,
     retries: [AtomicU64; RETRY_REASONS.len()],
     budget_exhausted: AtomicU64,
 }
 
-/// A request counted as in flight; `finish` records it, dropping it unfinished counts it as cancelled.
+/// A request counted as in flight. `finish` records its status class and latency; dropping it unfinished
+/// (the client went away and the handler future was dropped) records it as `code="cancelled"`.
 pub struct InFlight {
     route: Arc<RouteMetrics>,
     method: usize,
     started: Instant,
-    finished: bool,
+    /// Set once the request is recorded, so `Drop` does not record it a second time.
+    recorded: bool,
 }
 
 impl Metrics {
@@ -62,101 +74,64 @@ impl Metrics {
         Metrics::default()
     }
 
+    /// Get-or-create the handle of a route (called when the routing table is rebuilt, not per request).
+    ///
+    /// Registering a route also registers its service for `berth_gateway_ejections_total`, so the ejection
+    /// counters exist (at zero) before the first ejection.
     pub fn route(&self, service: &str, route: &str) -> Arc<RouteMetrics> {
-        lock(&self.routes)
+        let handle = lock(&self.routes)
             .entry((service.to_owned(), route.to_owned()))
             .or_insert_with(|| Arc::new(RouteMetrics::new()))
-            .clone()
+            .clone();
+        let mut ejections = lock(&self.ejections);
+        if !ejections.contains_key(service) {
+            ejections.insert(service.to_owned(), [0; EJECT_REASONS.len()]);
+        }
+        handle
     }
 
+    /// Counts one replica of `service` ejected by outlier detection.
     pub fn ejection(&self, service: &str, reason: EjectReason) {
-        let idx = match reason {
-            EjectReason::ConsecutiveFailures => 0,
-            EjectReason::Stalled => 1,
+        let mut ejections = lock(&self.ejections);
+        let counts = match ejections.get_mut(service) {
+            Some(counts) => counts,
+            None => ejections.entry(service.to_owned()).or_default(),
         };
-        lock(&self.ejections).entry(service.to_owned()).or_default()[idx] += 1;
+        counts[reason.idx()] += 1;
     }
 
+    /// Prometheus text exposition format 0.0.4, deterministic order (sorted by labels).
+    ///
+    /// Families come in a fixed order, each with `# HELP` and `# TYPE` exactly once. Requests and latency
+    /// series appear only for the methods and status classes seen; every other series of a registered
+    /// route or service appears even at zero.
     pub fn render(&self, out: &mut String) {
-        let routes = lock(&self.routes).clone();
-        family(out, "berth_gateway_requests_total", "counter", "Requests by service, route, method and status class.");
-        for ((service, route), m) in &routes {
-            for (method_idx, method) in METHODS.iter().enumerate() {
-                for (code_idx, code) in CODES.iter().enumerate() {
-                    let n = m.requests[method_idx][code_idx].load(Ordering::Relaxed);
-                    if n > 0 {
-                        let labels =
-                            labels(&[("service", service), ("route", route), ("method", method), ("code", code)]);
-                        let _ = writeln!(out, "berth_gateway_requests_total{{{labels}}} {n}");
-                    }
-                }
-            }
-        }
-        family(
-            out,
-            "berth_gateway_request_duration_seconds",
-            "histogram",
-            "Time to the response head, retries included.",
-        );
-        for ((service, route), m) in &routes {
-            for (method_idx, method) in METHODS.iter().enumerate() {
-                let counts: Vec<u64> = m.buckets[method_idx].iter().map(|b| b.load(Ordering::Relaxed)).collect();
-                let total: u64 = counts.iter().sum();
-                if total == 0 {
-                    continue;
-                }
-                let base = labels(&[("service", service), ("route", route), ("method", method)]);
-                let mut cumulative = 0;
-                for (bound, count) in BUCKETS.iter().zip(&counts) {
-                    cumulative += count;
-                    let _ = writeln!(
-                        out,
-                        "berth_gateway_request_duration_seconds_bucket{{{base},le=\"{bound}\"}} {cumulative}"
-                    );
-                }
-                let _ = writeln!(out, "berth_gateway_request_duration_seconds_bucket{{{base},le=\"+Inf\"}} {total}");
-                let sum = m.sum_micros[method_idx].load(Ordering::Relaxed) as f64 / 1e6;
-                let _ = writeln!(out, "berth_gateway_request_duration_seconds_sum{{{base}}} {sum}");
-                let _ = writeln!(out, "berth_gateway_request_duration_seconds_count{{{base}}} {total}");
-            }
-        }
-        family(out, "berth_gateway_requests_in_flight", "gauge", "Requests being answered now.");
-        for ((service, route), m) in &routes {
-            let labels = labels(&[("service", service), ("route", route)]);
-            let _ = writeln!(
-                out,
-                "berth_gateway_requests_in_flight{{{labels}}} {}",
-                m.in_flight.load(Ordering::Relaxed).max(0)
-            );
-        }
-        family(out, "berth_gateway_retries_total", "counter", "Retries on another replica, by reason.");
-        for ((service, route), m) in &routes {
-            for (idx, reason) in RETRY_REASONS.iter().enumerate() {
-                let labels = labels(&[("service", service), ("route", route), ("reason", reason)]);
-                let _ =
-                    writeln!(out, "berth_gateway_retries_total{{{labels}}} {}", m.retries[idx].load(Ordering::Relaxed));
-            }
-        }
-        family(out, "berth_gateway_retry_budget_exhausted_total", "counter", "Retries refused by the retry budget.");
-        for ((service, route), m) in &routes {
-            let labels = labels(&[("service", service), ("route", route)]);
-            let _ = writeln!(
-                out,
-                "berth_gateway_retry_budget_exhausted_total{{{labels}}} {}",
-                m.budget_exhausted.load(Ordering::Relaxed)
-            );
-        }
-        family(out, "berth_gateway_ejections_total", "counter", "Replicas ejected by outlier detection, by reason.");
-        for (service, counts) in lock(&self.ejections).iter() {
-            for (idx, reason) in EJECT_REASONS.iter().enumerate() {
-                let labels = labels(&[("service", service), ("reason", reason)]);
-                let _ = writeln!(out, "berth_gateway_ejections_total{{{labels}}} {}", counts[idx]);
-            }
-        }
+        // Snapshot the registry so `route` (a routing-table rebuild) never waits on a render.
+        let routes: Vec<((String, String), Arc<RouteMetrics>)> =
+            lock(&self.routes).iter().map(|(key, handle)| (key.clone(), handle.clone())).collect();
+        let ejections = lock(&self.ejections).clone();
+        // Writing into a `String` cannot fail.
+        let _ = render_families(out, &routes, &ejections);
     }
 }
 
 impl RouteMetrics {
+    /// Counts the request as in flight until the guard is finished or dropped.
+    pub fn start(self: &Arc<Self>, method: &http::Method) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight { route: Arc::clone(self), method: method_idx(method), started: Instant::now(), recorded: false }
+    }
+
+    /// Counts a retry on another replica.
+    pub fn retry(&self, reason: RetryReason) {
+        self.retries[reason.idx()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a retry that was wanted but refused by the retry budget.
+    pub fn budget_exhausted(&self) {
+        self.budget_exhausted.fetch_add(1, Ordering::Relaxed);
+    }
+
     fn new() -> RouteMetrics {
         RouteMetrics {
             requests: Default::default(),
@@ -168,139 +143,248 @@ impl RouteMetrics {
         }
     }
 
-    pub fn start(self: &Arc<Self>, method: &http::Method) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight { route: self.clone(), method: method_idx(method), started: Instant::now(), finished: false }
-    }
-
-    pub fn retry(&self, reason: RetryReason) {
-        let idx = match reason {
-            RetryReason::NeverSent => 0,
-            RetryReason::Status5xx => 1,
-            RetryReason::PerTryTimeout => 2,
-            RetryReason::Ejected => 3,
-        };
-        self.retries[idx].fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn budget_exhausted(&self) {
-        self.budget_exhausted.fetch_add(1, Ordering::Relaxed);
-    }
-
     fn record(&self, method: usize, code: usize, elapsed: Duration) {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.requests[method][code].fetch_add(1, Ordering::Relaxed);
-        let secs = elapsed.as_secs_f64();
-        let bucket = BUCKETS.iter().position(|bound| secs <= *bound).unwrap_or(BUCKETS.len());
-        self.buckets[method][bucket].fetch_add(1, Ordering::Relaxed);
-        self.sum_micros[method].fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        self.buckets[method][bucket_idx(elapsed)].fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros[method].fetch_add(micros, Ordering::Relaxed);
+        // Last, so a request is never missing from both the gauge and the counters.
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 impl InFlight {
-    pub fn finish(mut self, status: u16) {
-        self.finished = true;
-        let code = match status {
-            100..=199 => 0,
-            200..=299 => 1,
-            300..=399 => 2,
-            400..=499 => 3,
-            _ => 4,
-        };
-        self.route.record(self.method, code, self.started.elapsed());
+    /// Records the final status (what the client got) and the latency since `start`.
+    pub fn finish(self, status: u16) {
+        let elapsed = self.started.elapsed();
+        self.record(status_class_idx(status), elapsed);
+    }
+
+    /// Records with a given latency: `finish` measures it; tests inject it for exact rendering.
+    fn record(mut self, code: usize, elapsed: Duration) {
+        self.recorded = true;
+        self.route.record(self.method, code, elapsed);
     }
 }
 
 impl Drop for InFlight {
+    /// Not finished means the client went away: counted with `code="cancelled"`, latency recorded.
     fn drop(&mut self) {
-        if !self.finished {
+        if !self.recorded {
             self.route.record(self.method, CANCELLED, self.started.elapsed());
         }
     }
 }
 
-fn method_idx(method: &http::Method) -> usize {
-    METHODS.iter().position(|m| *m == method.as_str()).unwrap_or(METHODS.len() - 1)
-}
-
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
-fn labels(pairs: &[(&str, &str)]) -> String {
-    let mut res = String::new();
-    for (idx, (name, value)) in pairs.iter().enumerate() {
-        if idx > 0 {
-            res.push(',');
+impl EjectReason {
+    fn idx(self) -> usize {
+        match self {
+            EjectReason::ConsecutiveFailures => 0,
+            EjectReason::Stalled => 1,
         }
-        let escaped = value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
-        let _ = write!(res, "{name}=\"{escaped}\"");
     }
-    res
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+impl RetryReason {
+    fn idx(self) -> usize {
+        match self {
+            RetryReason::Ejected => 0,
+            RetryReason::NeverSent => 1,
+            RetryReason::PerTryTimeout => 2,
+            RetryReason::Status5xx => 3,
+        }
+    }
+}
+
+// Label sets, each in sorted order (ASCII, so uppercase methods sort before `other`).
+
+const METHODS: [&str; 8] = ["DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "other"];
+const OTHER_METHOD: usize = METHODS.len() - 1;
+const CODES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "cancelled"];
+const CANCELLED: usize = CODES.len() - 1;
+const RETRY_REASONS: [&str; 4] = ["ejected", "never_sent", "per_try_timeout", "status_5xx"];
+const EJECT_REASONS: [&str; 2] = ["consecutive_failures", "stalled"];
+
+/// Upper bounds of the latency histogram; a request falls in the first bucket whose bound is not below its
+/// latency, or in +Inf.
+const BUCKET_BOUNDS: [Duration; 13] = [
+    Duration::from_micros(1_000),
+    Duration::from_micros(2_500),
+    Duration::from_micros(5_000),
+    Duration::from_millis(10),
+    Duration::from_millis(25),
+    Duration::from_millis(50),
+    Duration::from_millis(100),
+    Duration::from_millis(250),
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_millis(2_500),
+    Duration::from_secs(5),
+    Duration::from_secs(10),
+];
+/// The `le` label of each bucket, written out so rendering never depends on float formatting.
+const BUCKET_LABELS: [&str; 14] =
+    ["0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "+Inf"];
+
+const REQUESTS: &str = "berth_gateway_requests_total";
+const DURATION: &str = "berth_gateway_request_duration_seconds";
+const IN_FLIGHT: &str = "berth_gateway_requests_in_flight";
+const RETRIES: &str = "berth_gateway_retries_total";
+const BUDGET_EXHAUSTED: &str = "berth_gateway_retry_budget_exhausted_total";
+const EJECTIONS: &str = "berth_gateway_ejections_total";
+
+fn render_families(
+    out: &mut String,
+    routes: &[((String, String), Arc<RouteMetrics>)],
+    ejections: &BTreeMap<String, [u64; EJECT_REASONS.len()]>,
+) -> fmt::Result {
+    family(
+        out,
+        REQUESTS,
+        "counter",
+        "Requests answered, by method and status class of the response the client got; \
+         cancelled means the client went away first.",
+    )?;
+    for ((service, route), handle) in routes {
+        for (method_idx, method) in METHODS.iter().enumerate() {
+            for (code_idx, code) in CODES.iter().enumerate() {
+                let n = handle.requests[method_idx][code_idx].load(Ordering::Relaxed);
+                if n > 0 {
+                    let labels = [("service", service.as_str()), ("route", route), ("method", method), ("code", code)];
+                    sample(out, REQUESTS, "", &labels, n)?;
+                }
+            }
+        }
+    }
+
+    family(
+        out,
+        DURATION,
+        "histogram",
+        "Time from receiving a request to the response head the client got, retries included.",
+    )?;
+    for ((service, route), handle) in routes {
+        for (method_idx, method) in METHODS.iter().enumerate() {
+            let counts: [u64; BUCKET_LABELS.len()] =
+                std::array::from_fn(|bucket| handle.buckets[method_idx][bucket].load(Ordering::Relaxed));
+            let n_total: u64 = counts.iter().sum();
+            if n_total == 0 {
+                continue;
+            }
+            let mut cumulative = 0;
+            for (le, count) in BUCKET_LABELS.iter().zip(counts) {
+                cumulative += count;
+                let labels = [("service", service.as_str()), ("route", route), ("method", method), ("le", le)];
+                sample(out, DURATION, "_bucket", &labels, cumulative)?;
+            }
+            let labels = [("service", service.as_str()), ("route", route), ("method", method)];
+            // Exact: a u64 of microseconds divided by a power of ten prints as the decimal it stands for.
+            let sum_secs = handle.sum_micros[method_idx].load(Ordering::Relaxed) as f64 / 1e6;
+            sample(out, DURATION, "_sum", &labels, sum_secs)?;
+            sample(out, DURATION, "_count", &labels, n_total)?;
+        }
+    }
+
+    family(out, IN_FLIGHT, "gauge", "Requests received and not yet answered.")?;
+    for ((service, route), handle) in routes {
+        let labels = [("service", service.as_str()), ("route", route)];
+        sample(out, IN_FLIGHT, "", &labels, handle.in_flight.load(Ordering::Relaxed))?;
+    }
+
+    family(out, RETRIES, "counter", "Attempts retried on another replica, by reason.")?;
+    for ((service, route), handle) in routes {
+        for (reason_idx, reason) in RETRY_REASONS.iter().enumerate() {
+            let labels = [("service", service.as_str()), ("route", route), ("reason", reason)];
+            sample(out, RETRIES, "", &labels, handle.retries[reason_idx].load(Ordering::Relaxed))?;
+        }
+    }
+
+    family(out, BUDGET_EXHAUSTED, "counter", "Retries wanted but refused by the retry budget.")?;
+    for ((service, route), handle) in routes {
+        let labels = [("service", service.as_str()), ("route", route)];
+        sample(out, BUDGET_EXHAUSTED, "", &labels, handle.budget_exhausted.load(Ordering::Relaxed))?;
+    }
+
+    family(out, EJECTIONS, "counter", "Replicas ejected by outlier detection, by reason.")?;
+    for (service, counts) in ejections {
+        for (reason, n) in EJECT_REASONS.iter().zip(counts) {
+            sample(out, EJECTIONS, "", &[("service", service), ("reason", reason)], n)?;
+        }
+    }
+    Ok(())
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) -> fmt::Result {
+    writeln!(out, "# HELP {name} {help}")?;
+    writeln!(out, "# TYPE {name} {kind}")
+}
+
+/// Writes `name{label="value",...} value` with the label values escaped.
+fn sample(
+    out: &mut String,
+    name: &str,
+    suffix: &str,
+    labels: &[(&str, &str)],
+    value: impl fmt::Display,
+) -> fmt::Result {
+    write!(out, "{name}{suffix}{{")?;
+    for (idx, (label, label_value)) in labels.iter().enumerate() {
+        if idx > 0 {
+            out.push(',');
+        }
+        write!(out, "{label}=\"")?;
+        escape_label_value(out, label_value);
+        out.push('"');
+    }
+    writeln!(out, "}} {value}")
+}
+
+/// Escapes a label value as the text format requires: backslash, double quote and line feed.
+fn escape_label_value(out: &mut String, value: &str) {
+    for ch in value.chars() {
+        match ch {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            ch => out.push(ch),
+        }
+    }
+}
+
+fn method_idx(method: &http::Method) -> usize {
+    match method.as_str() {
+        "DELETE" => 0,
+        "GET" => 1,
+        "HEAD" => 2,
+        "OPTIONS" => 3,
+        "PATCH" => 4,
+        "POST" => 5,
+        "PUT" => 6,
+        _ => OTHER_METHOD,
+    }
+}
+
+/// The status class of what the client got. `http::StatusCode` allows 100..=999; anything past 599 is not a
+/// status a client can act on, so it is counted as a server error.
+fn status_class_idx(status: u16) -> usize {
+    match status {
+        0..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
+    }
+}
+
+fn bucket_idx(elapsed: Duration) -> usize {
+    BUCKET_BOUNDS.iter().position(|bound| elapsed <= *bound).unwrap_or(BUCKET_BOUNDS.len())
+}
+
+/// Locks a registry, ignoring poisoning: the maps hold only counters and handles, and a panic elsewhere must
+/// not turn every later render into one.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn renders_counts_histogram_and_cancellations() {
-        let metrics = Metrics::new();
-        let route = metrics.route("web", "/api");
-        route.start(&http::Method::GET).finish(200);
-        route.start(&http::Method::GET).finish(503);
-        drop(route.start(&http::Method::POST));
-        let pending = route.start(&http::Method::GET);
-        route.retry(RetryReason::NeverSent);
-        metrics.ejection("web", EjectReason::Stalled);
-        let mut out = String::new();
-        metrics.render(&mut out);
-        for line in [
-            r#"berth_gateway_requests_total{service="web",route="/api",method="GET",code="2xx"} 1"#,
-            r#"berth_gateway_requests_total{service="web",route="/api",method="GET",code="5xx"} 1"#,
-            r#"berth_gateway_requests_total{service="web",route="/api",method="POST",code="cancelled"} 1"#,
-            r#"berth_gateway_request_duration_seconds_bucket{service="web",route="/api",method="GET",le="+Inf"} 2"#,
-            r#"berth_gateway_request_duration_seconds_count{service="web",route="/api",method="GET"} 2"#,
-            r#"berth_gateway_requests_in_flight{service="web",route="/api"} 1"#,
-            r#"berth_gateway_retries_total{service="web",route="/api",reason="never_sent"} 1"#,
-            r#"berth_gateway_ejections_total{service="web",reason="stalled"} 1"#,
-        ] {
-            assert!(out.lines().any(|l| l == line), "missing {line}\n{out}");
-        }
-        assert_eq!(out.matches("# TYPE berth_gateway_requests_total counter").count(), 1);
-        drop(pending);
-    }
-
-    #[test]
-    fn labels_are_escaped() {
-        assert_eq!(labels(&[("route", "/a\"b\\c\n")]), r#"route="/a\"b\\c\n""#);
-    }
-
-    #[test]
-    fn concurrent_finishes_add_up() {
-        let metrics = Arc::new(Metrics::new());
-        let route = metrics.route("web", "/");
-        let threads: Vec<_> = (0..4)
-            .map(|_| {
-                let route = route.clone();
-                std::thread::spawn(move || {
-                    for _ in 0..10_000 {
-                        route.start(&http::Method::GET).finish(200);
-                    }
-                })
-            })
-            .collect();
-        for thread in threads {
-            thread.join().expect("no panic");
-        }
-        let mut out = String::new();
-        metrics.render(&mut out);
-        assert!(out.contains(r#"berth_gateway_requests_total{service="web",route="/",method="GET",code="2xx"} 40000"#));
-        assert!(out.contains(r#"berth_gateway_requests_in_flight{service="web",route="/"} 0"#));
-    }
-}
+mod tests;

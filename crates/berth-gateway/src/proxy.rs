@@ -19,7 +19,7 @@ use tracing::debug;
 use crate::balance;
 use crate::endpoint::{EndpointState, Outcome};
 use crate::error::ProxyError;
-use crate::gateway::Shared;
+use crate::gateway::{Shared, UpstreamClient};
 use crate::headers::{self, Forwarding, X_REQUEST_ID};
 use crate::metrics::RetryReason;
 use crate::table::{RouteEntry, ServiceEntry};
@@ -33,6 +33,7 @@ pub(crate) type ResBody = Either<Incoming, Full<Bytes>>;
 
 pub(crate) async fn handle(
     shared: Arc<Shared>,
+    client: UpstreamClient,
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<ResBody>, Infallible> {
@@ -44,7 +45,7 @@ pub(crate) async fn handle(
     };
     let route = service.route_for(req.uri().path());
     let in_flight = route.metrics.start(req.method());
-    let res = match proxy(&shared, &service, route, peer, req, started).await {
+    let res = match proxy(&shared, &client, &service, route, peer, req, started).await {
         Ok(res) => res,
         Err(error) => {
             debug!(service = %service.name, error = %error, "request failed");
@@ -69,8 +70,10 @@ enum RequestBody {
     Streaming(Option<Limited<Incoming>>),
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn proxy(
     shared: &Shared,
+    client: &UpstreamClient,
     service: &ServiceEntry,
     route: &RouteEntry,
     peer: SocketAddr,
@@ -126,7 +129,7 @@ async fn proxy(
         let remaining = deadline - now;
         let per_try = route.per_try_timeout.map_or(remaining, |t| t.min(remaining));
         let watch_ejection = idempotent && replayable;
-        let send = shared.client.request(upstream_req);
+        let send = client.request(upstream_req);
         tokio::pin!(send);
         let classify = |res: Result<Response<Incoming>, hyper_util::client::legacy::Error>| match res {
             Ok(res) => Attempted::Response(res),
@@ -156,7 +159,14 @@ async fn proxy(
             }
         };
         tried.push(endpoint.clone());
-        let retry_ok = |reason| idempotent && replayable && shared.allow_retry(service, route, reason, deadline);
+        // A retry needs somewhere to go: with every replica tried, the replica's own answer stands and no
+        // budget is spent.
+        let retry_ok = |reason| {
+            idempotent
+                && replayable
+                && balance::pick(service, &tried, Instant::now()).is_some()
+                && shared.allow_retry(service, route, reason, deadline)
+        };
         match outcome {
             Attempted::Response(res) => {
                 let status = res.status();

@@ -170,3 +170,35 @@ fn gateway_metrics_are_exposed_in_prometheus_format() {
         Err(_) => println!("promtool not installed: check skipped (CI installs it)"),
     }
 }
+
+#[test]
+fn http2_clients_are_served_over_h2c() {
+    let root = temp_dir();
+    let dir = service_dir(root.path(), "web", &hello_spec("web", 1, ""));
+    let daemon = Daemon::start(berth(), &root.path().join("state"), &[&dir]);
+    wait_healthy(&daemon, "web", 1);
+    let url = format!("http://{}/headers", daemon.gateway_addr());
+    let out = match std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--http2-prior-knowledge",
+            "-H",
+            "Host: web.localhost",
+            "-w",
+            "\n%{http_version} %{http_code}",
+            &url,
+        ])
+        .output()
+    {
+        Ok(out) => out,
+        Err(_) => return println!("curl not installed: h2c check skipped"),
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.trim_end().ends_with("2 200"),
+        "HTTP/2 answer expected: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The replica behind speaks HTTP/1.1 and still gets a Host header.
+    assert!(text.contains("\"host\":\"web.localhost\""), "{text}");
+}

@@ -1,0 +1,8 @@
+//! The gateway's crate-level tests: real loopback traffic through `Gateway::serve` to in-process upstreams.
+
+mod bad_traffic;
+mod drain;
+mod ejection;
+mod passthrough;
+mod retries;
+mod support;
