@@ -8,10 +8,7 @@ use crate::support::*;
 
 #[test]
 fn scale_stop_start_and_rolling_restart() {
-    let root = temp_dir();
-    let dir = service_dir(root.path(), "web", &hello_spec("web", 1, ""));
-    let daemon = Daemon::start(berth(), &root.path().join("state"), &[&dir]);
-    wait_healthy(&daemon, "web", 1);
+    let (_root, daemon) = hello_daemon("web", 1, "");
 
     assert!(daemon.cli(&["scale", "web", "3", "--wait"]).status.success());
     let three = wait_healthy(&daemon, "web", 3);
@@ -39,10 +36,7 @@ fn scale_stop_start_and_rolling_restart() {
 
 #[test]
 fn logs_are_captured_per_replica_and_followable() {
-    let root = temp_dir();
-    let dir = service_dir(root.path(), "web", &hello_spec("web", 2, ""));
-    let daemon = Daemon::start(berth(), &root.path().join("state"), &[&dir]);
-    wait_healthy(&daemon, "web", 2);
+    let (_root, daemon) = hello_daemon("web", 2, "");
     let out = daemon.cli(&["logs", "web", "--replica", "1", "--json"]);
     assert!(out.status.success());
     let lines: Vec<serde_json::Value> =

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use berth_test_support::load::{self, LoadConfig, RequestSpec};
-use berth_test_support::{Daemon, http_get, http_request, temp_dir, wait_until};
+use berth_test_support::{Daemon, http_get, http_request, wait_until};
 
 use crate::support::*;
 
@@ -29,6 +29,13 @@ fn load_config(daemon: &Daemon, duration: Duration) -> LoadConfig {
     }
 }
 
+/// A request through the gateway to the `web` service: status, headers, body.
+fn gateway_request(daemon: &Daemon, path: &str, headers: &[(&str, &str)]) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let mut all = vec![("Host", "web.localhost")];
+    all.extend_from_slice(headers);
+    http_request(daemon.gateway_addr(), "GET", path, &all, b"", Duration::from_secs(5)).expect("gateway answers")
+}
+
 fn wait_for_load(run: &load::LoadRun, at: Duration) {
     wait_until(at + Duration::from_secs(5), &format!("{at:?} into the load run"), || {
         (run.elapsed() >= at).then_some(())
@@ -37,10 +44,8 @@ fn wait_for_load(run: &load::LoadRun, at: Duration) {
 
 #[test]
 fn no_get_fails_at_120_rps_while_one_replica_is_killed_and_the_other_hangs() {
-    let root = temp_dir();
-    let dir = service_dir(root.path(), "web", &hello_spec("web", 2, ""));
-    let daemon = Daemon::start(berth(), &root.path().join("state"), &[&dir]);
-    let status = wait_healthy(&daemon, "web", 2);
+    let (_root, daemon) = hello_daemon("web", 2, "");
+    let status = service(&daemon, "web");
     let (first, second) = (pid_of(&status, 0), pid_of(&status, 1));
 
     let run = load::start(load_config(&daemon, Duration::from_secs(32)));
@@ -65,10 +70,7 @@ fn no_get_fails_at_120_rps_while_one_replica_is_killed_and_the_other_hangs() {
 
 #[test]
 fn a_rolling_restart_under_load_fails_no_request() {
-    let root = temp_dir();
-    let dir = service_dir(root.path(), "web", &hello_spec("web", 2, ""));
-    let daemon = Daemon::start(berth(), &root.path().join("state"), &[&dir]);
-    wait_healthy(&daemon, "web", 2);
+    let (_root, daemon) = hello_daemon("web", 2, "");
 
     let run = load::start(load_config(&daemon, Duration::from_secs(15)));
     wait_for_load(&run, Duration::from_secs(3));
@@ -82,19 +84,9 @@ fn a_rolling_restart_under_load_fails_no_request() {
 
 #[test]
 fn edge_headers_are_set_and_x_source_cannot_be_forged() {
-    let root = temp_dir();
-    let dir = service_dir(root.path(), "web", &hello_spec("web", 1, ""));
-    let daemon = Daemon::start(berth(), &root.path().join("state"), &[&dir]);
-    wait_healthy(&daemon, "web", 1);
-    let (status, headers, body) = http_request(
-        daemon.gateway_addr(),
-        "GET",
-        "/headers",
-        &[("Host", "web.localhost"), ("X-Source", "billing"), ("X-Request-Id", "req-7")],
-        b"",
-        Duration::from_secs(5),
-    )
-    .expect("gateway answers");
+    let (_root, daemon) = hello_daemon("web", 1, "");
+    let (status, headers, body) =
+        gateway_request(&daemon, "/headers", &[("X-Source", "billing"), ("X-Request-Id", "req-7")]);
     assert_eq!(status, 200);
     let seen: serde_json::Value = serde_json::from_slice(&body).expect("hello echoes JSON");
     let seen = &seen["headers"];
@@ -115,15 +107,10 @@ fn edge_headers_are_set_and_x_source_cannot_be_forged() {
 
 #[test]
 fn a_service_with_no_replica_answers_503_at_once_with_retry_after() {
-    let root = temp_dir();
-    let dir = service_dir(root.path(), "web", &hello_spec("web", 1, ""));
-    let daemon = Daemon::start(berth(), &root.path().join("state"), &[&dir]);
-    wait_healthy(&daemon, "web", 1);
+    let (_root, daemon) = hello_daemon("web", 1, "");
     assert!(daemon.cli(&["stop", "web"]).status.success());
     let (status, headers, _) = wait_until(Duration::from_secs(15), "503 from the gateway", || {
-        let res =
-            http_request(daemon.gateway_addr(), "GET", "/", &[("Host", "web.localhost")], b"", Duration::from_secs(5))
-                .ok()?;
+        let res = gateway_request(&daemon, "/", &[]);
         (res.0 == 503).then_some(res)
     });
     assert_eq!(status, 503);
@@ -132,15 +119,9 @@ fn a_service_with_no_replica_answers_503_at_once_with_retry_after() {
 
 #[test]
 fn gateway_metrics_are_exposed_in_prometheus_format() {
-    let root = temp_dir();
-    let dir = service_dir(root.path(), "web", &hello_spec("web", 1, ""));
-    let daemon = Daemon::start(berth(), &root.path().join("state"), &[&dir]);
-    wait_healthy(&daemon, "web", 1);
+    let (_root, daemon) = hello_daemon("web", 1, "");
     for _ in 0..5 {
-        let (status, _, _) =
-            http_request(daemon.gateway_addr(), "GET", "/", &[("Host", "web.localhost")], b"", Duration::from_secs(5))
-                .expect("gateway answers");
-        assert_eq!(status, 200);
+        assert_eq!(gateway_request(&daemon, "/", &[]).0, 200);
     }
     let (status, text) = http_get(daemon.api_addr(), "/metrics", Duration::from_secs(5)).expect("metrics answer");
     assert_eq!(status, 200);
@@ -173,10 +154,7 @@ fn gateway_metrics_are_exposed_in_prometheus_format() {
 
 #[test]
 fn http2_clients_are_served_over_h2c() {
-    let root = temp_dir();
-    let dir = service_dir(root.path(), "web", &hello_spec("web", 1, ""));
-    let daemon = Daemon::start(berth(), &root.path().join("state"), &[&dir]);
-    wait_healthy(&daemon, "web", 1);
+    let (_root, daemon) = hello_daemon("web", 1, "");
     let url = format!("http://{}/headers", daemon.gateway_addr());
     let out = match std::process::Command::new("curl")
         .args([

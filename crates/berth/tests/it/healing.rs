@@ -8,10 +8,8 @@ use crate::support::*;
 
 #[test]
 fn sigkill_of_a_replica_is_replaced() {
-    let root = temp_dir();
-    let dir = service_dir(root.path(), "web", &hello_spec("web", 2, ""));
-    let daemon = Daemon::start(berth(), &root.path().join("state"), &[&dir]);
-    let before = wait_healthy(&daemon, "web", 2);
+    let (_root, daemon) = hello_daemon("web", 2, "");
+    let before = service(&daemon, "web");
     let victim = pid_of(&before, 0);
     let other = pid_of(&before, 1);
 
@@ -32,10 +30,8 @@ fn sigkill_of_a_replica_is_replaced() {
 
 #[test]
 fn a_hung_replica_is_detected_and_replaced() {
-    let root = temp_dir();
-    let dir = service_dir(root.path(), "web", &hello_spec("web", 2, ""));
-    let daemon = Daemon::start(berth(), &root.path().join("state"), &[&dir]);
-    let before = wait_healthy(&daemon, "web", 2);
+    let (_root, daemon) = hello_daemon("web", 2, "");
+    let before = service(&daemon, "web");
     let victim = pid_of(&before, 1);
 
     signal(victim, libc::SIGSTOP);
@@ -96,11 +92,8 @@ fn a_service_that_always_exits_backs_off_into_a_crash_loop() {
 
 #[test]
 fn a_memory_leak_past_the_limit_is_reported_as_oom() {
-    let root = temp_dir();
-    let spec = hello_spec("leaky", 1, "size = { cpu = \"500m\", memory = \"64MiB\" }");
-    let dir = service_dir(root.path(), "leaky", &spec);
-    let daemon = Daemon::start(berth(), &root.path().join("state"), &[&dir]);
-    let status = wait_healthy(&daemon, "leaky", 1);
+    let (_root, daemon) = hello_daemon("leaky", 1, "size = { cpu = \"500m\", memory = \"64MiB\" }");
+    let status = service(&daemon, "leaky");
     let enforcement = status["memory_enforcement"].as_str().unwrap_or("").to_owned();
     println!("memory enforcement: {enforcement}");
     let port = replica(&status, 0).and_then(|r| r["port"].as_u64()).expect("port") as u16;

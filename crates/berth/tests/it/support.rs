@@ -32,6 +32,16 @@ start_period = "10s"
     )
 }
 
+/// A daemon running one hello service `name` with `replicas` replicas, started and healthy. Keep the temp
+/// dir alive as long as the daemon.
+pub fn hello_daemon(name: &str, replicas: u32, extra: &str) -> (tempfile::TempDir, Daemon) {
+    let root = berth_test_support::temp_dir();
+    let dir = service_dir(root.path(), name, &hello_spec(name, replicas, extra));
+    let daemon = Daemon::start(berth(), &root.path().join("state"), &[&dir]);
+    wait_healthy(&daemon, name, u64::from(replicas));
+    (root, daemon)
+}
+
 pub fn service_dir(root: &Path, name: &str, spec: &str) -> PathBuf {
     write_service(&root.join(name), spec)
 }
