@@ -4,7 +4,7 @@ use std::path::Path;
 
 use std::collections::BTreeMap;
 
-use berth_gateway::{RoutePolicy, RoutingTable, ServiceRoutes, Upstream};
+use berth_gateway::{RoutePolicy, RoutingTable, ServiceRoutes, Upstream, UpstreamProtocol};
 use berth_spec::Spec;
 use berth_supervisor::cgroup::Limits;
 use berth_supervisor::{Endpoints, HealthConfig, ServiceConfig};
@@ -63,6 +63,10 @@ pub fn to_routing_table(specs: &BTreeMap<String, Spec>, endpoints: &Endpoints) -
                     weight: 100,
                 })
                 .collect(),
+            protocol: match spec.run.protocol {
+                berth_spec::Protocol::Http1 => UpstreamProtocol::Http1,
+                berth_spec::Protocol::H2c => UpstreamProtocol::H2c,
+            },
         })
         .collect();
     RoutingTable { services, default_service: None }

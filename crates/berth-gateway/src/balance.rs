@@ -100,7 +100,13 @@ mod tests {
             }
         }
         let table = RoutingTable {
-            services: vec![ServiceRoutes { name: "web".into(), hosts: vec![], routes: vec![], endpoints }],
+            services: vec![ServiceRoutes {
+                name: "web".into(),
+                hosts: vec![],
+                routes: vec![],
+                endpoints,
+                protocol: Default::default(),
+            }],
             default_service: Some("web".into()),
         };
         let snapshot = registry.compile(&table, &Metrics::new());

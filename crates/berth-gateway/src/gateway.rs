@@ -282,20 +282,28 @@ async fn worker_loop(
     }
 }
 
-pub(crate) type UpstreamClient = Client<HttpConnector, ReqBody>;
+/// A worker's upstream clients, one per protocol; each keeps its own connection pool.
+#[derive(Clone)]
+pub(crate) struct UpstreamClient {
+    pub(crate) http1: Client<HttpConnector, ReqBody>,
+    pub(crate) h2c: Client<HttpConnector, ReqBody>,
+}
 
 fn upstream_client(config: &GatewayConfig) -> UpstreamClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(Duration::from_secs(2)));
-    Client::builder(TokioExecutor::new())
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(config.upstream_idle_timeout)
         // A pooled connection the replica closed before our request was written: resend.
         .retry_canceled_requests(true)
         // The client's Host header passes through unchanged.
-        .set_host(false)
-        .build(connector)
+        .set_host(false);
+    let http1 = builder.build(connector.clone());
+    let h2c = builder.http2_only(true).timer(TokioTimer::new()).build(connector);
+    UpstreamClient { http1, h2c }
 }
 
 struct StopOnDrop(tokio::sync::watch::Sender<bool>);

@@ -17,4 +17,4 @@ mod proxy;
 mod table;
 
 pub use gateway::{Gateway, GatewayConfig};
-pub use table::{RoutePolicy, RoutingTable, ServiceRoutes, Upstream};
+pub use table::{RoutePolicy, RoutingTable, ServiceRoutes, Upstream, UpstreamProtocol};

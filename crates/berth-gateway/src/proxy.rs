@@ -22,7 +22,7 @@ use crate::error::ProxyError;
 use crate::gateway::{Shared, UpstreamClient};
 use crate::headers::{self, Forwarding, X_REQUEST_ID};
 use crate::metrics::RetryReason;
-use crate::table::{RouteEntry, ServiceEntry};
+use crate::table::{RouteEntry, ServiceEntry, UpstreamProtocol};
 
 /// How long an attempt runs before it also listens for its endpoint's ejection (well below the stall
 /// threshold, so a stalled endpoint's requests still move on at once).
@@ -122,7 +122,14 @@ async fn proxy(
             .path_and_query(path_and_query.clone())
             .build()
             .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
-        *upstream_req.version_mut() = Version::HTTP_11;
+        let client = match service.protocol {
+            UpstreamProtocol::Http1 => &client.http1,
+            UpstreamProtocol::H2c => &client.h2c,
+        };
+        *upstream_req.version_mut() = match service.protocol {
+            UpstreamProtocol::Http1 => Version::HTTP_11,
+            UpstreamProtocol::H2c => Version::HTTP_2,
+        };
         *upstream_req.headers_mut() = parts.headers.clone();
 
         let attempt = endpoint.begin();

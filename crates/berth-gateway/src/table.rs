@@ -26,6 +26,17 @@ pub struct ServiceRoutes {
     /// Path prefixes with their policies; a catch-all `/` with defaults is added when none matches.
     pub routes: Vec<RoutePolicy>,
     pub endpoints: Vec<Upstream>,
+    /// What the replicas speak.
+    pub protocol: UpstreamProtocol,
+}
+
+/// The protocol spoken to a service's replicas.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge over cleartext: what gRPC servers speak; trailers pass through.
+    H2c,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -60,6 +71,7 @@ pub(crate) struct Snapshot {
 
 pub(crate) struct ServiceEntry {
     pub(crate) name: String,
+    pub(crate) protocol: UpstreamProtocol,
     /// Longest prefix first.
     routes: Vec<RouteEntry>,
     pub(crate) groups: Vec<Group>,
@@ -154,7 +166,7 @@ impl Registry {
             }
         }
         let budget = self.budgets.entry(service.name.clone()).or_insert_with(|| Arc::new(RetryBudget::new())).clone();
-        ServiceEntry { name: service.name.clone(), routes, groups, budget }
+        ServiceEntry { name: service.name.clone(), protocol: service.protocol, routes, groups, budget }
     }
 }
 
@@ -265,6 +277,7 @@ mod tests {
                     per_try_timeout: None,
                 }],
                 endpoints,
+                protocol: UpstreamProtocol::Http1,
             }],
             default_service: None,
         };

@@ -35,7 +35,7 @@ pub(crate) const TABLE_KEYS: &[(&str, &[&str])] = &[
             "pools",
         ],
     ),
-    ("[run]", &["command", "workdir", "stop_timeout", "env"]),
+    ("[run]", &["command", "workdir", "stop_timeout", "env", "protocol"]),
     ("[build]", &["command", "workdir", "env"]),
     ("[test]", &["command", "workdir", "env"]),
     ("[health]", &["path", "interval", "timeout", "healthy_threshold", "unhealthy_threshold", "start_period"]),
@@ -65,8 +65,11 @@ pub(crate) const TABLE_KEYS: &[(&str, &[&str])] = &[
 const ARRAYS_OF_TABLES: &[&str] = &["routes"];
 
 /// Keys whose value is one of a fixed set of strings. A test checks this against the model.
-pub(crate) const CHOICES: &[(&str, &[&str])] =
-    &[("kind", &["business", "infrastructure"]), ("deploy.strategy", &["rolling", "bluegreen", "canary"])];
+pub(crate) const CHOICES: &[(&str, &[&str])] = &[
+    ("kind", &["business", "infrastructure"]),
+    ("deploy.strategy", &["rolling", "bluegreen", "canary"]),
+    ("run.protocol", &["http1", "h2c"]),
+];
 
 /// A TOML syntax error: `toml`'s message without its own rendering, at its position.
 pub(crate) fn syntax_error(file: &str, source: &str, error: &toml::de::Error) -> Diagnostic {

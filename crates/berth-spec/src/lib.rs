@@ -23,8 +23,8 @@ pub use acted_on::{NOT_YET_ACTED_ON, not_yet_acted_on};
 pub use diagnostic::{Diagnostic, Severity, render_all};
 pub use hash::release_hash;
 pub use model::{
-    Autoscale, Cache, Dependencies, Deploy, Health, KeyOrigin, Kind, Nfr, Origin, Pool, Postgres, Rate, RateKey,
-    RateLimit, Redis, Route, Run, Size, Spec, Step, Strategy,
+    Autoscale, Cache, Dependencies, Deploy, Health, KeyOrigin, Kind, Nfr, Origin, Pool, Postgres, Protocol, Rate,
+    RateKey, RateLimit, Redis, Route, Run, Size, Spec, Step, Strategy,
 };
 pub use toml::Spanned;
 pub use units::{format_duration, format_size, parse_duration, parse_size};

@@ -105,6 +105,19 @@ pub struct Run {
     /// Extra environment for the run step only, on top of the top-level `env`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// What the service speaks on `$PORT`: HTTP/1.1, or HTTP/2 without TLS (needed for gRPC).
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+/// The protocol a service's replicas speak on `$PORT`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge (cleartext), as gRPC servers speak it.
+    H2c,
 }
 
 /// A build or test step: a command run in the service directory before the service starts.

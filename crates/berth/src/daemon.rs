@@ -128,7 +128,13 @@ pub async fn run_gateway(listen: SocketAddr, upstreams: Vec<SocketAddr>) -> anyh
         })
         .collect();
     gateway.update(&RoutingTable {
-        services: vec![ServiceRoutes { name: "upstream".into(), hosts: vec![], routes: vec![], endpoints }],
+        services: vec![ServiceRoutes {
+            name: "upstream".into(),
+            hosts: vec![],
+            routes: vec![],
+            endpoints,
+            protocol: Default::default(),
+        }],
         default_service: Some("upstream".into()),
     });
     let listener = bind(listen, "the gateway", "--listen").await?;

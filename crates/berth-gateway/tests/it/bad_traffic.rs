@@ -108,6 +108,7 @@ impl Fixture {
             hosts: Vec::new(),
             routes: Vec::new(),
             endpoints: vec![upstream.grouped()],
+            protocol: Default::default(),
         };
         gw.gateway.update(&RoutingTable {
             services: vec![service("web", &target), service("good", &good)],

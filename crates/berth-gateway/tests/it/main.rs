@@ -3,6 +3,7 @@
 mod bad_traffic;
 mod drain;
 mod ejection;
+mod grpc;
 mod passthrough;
 mod retries;
 mod support;

@@ -167,7 +167,13 @@ pub fn table(endpoints: Vec<Upstream>) -> RoutingTable {
 
 pub fn table_with_routes(endpoints: Vec<Upstream>, routes: Vec<RoutePolicy>) -> RoutingTable {
     RoutingTable {
-        services: vec![ServiceRoutes { name: "web".to_owned(), hosts: Vec::new(), routes, endpoints }],
+        services: vec![ServiceRoutes {
+            name: "web".to_owned(),
+            hosts: Vec::new(),
+            routes,
+            endpoints,
+            protocol: Default::default(),
+        }],
         default_service: Some("web".to_owned()),
     }
 }

@@ -69,6 +69,8 @@ fn lists_read_naturally() {
 fn choices_match_the_model() {
     for (key, choices) in CHOICES {
         let line = |value: &str| match key.split_once('.') {
+            // BASE ends inside [run]: a [run] key goes right after it, any other table gets its header.
+            Some(("run", key)) => format!("{BASE}{key} = {value}\n"),
             Some((table, key)) => format!("{BASE}[{table}]\n{key} = {value}\n"),
             None => format!("{key} = {value}\n{BASE}"),
         };
