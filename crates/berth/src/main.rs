@@ -10,11 +10,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// mimalloc: the gateway's request path allocates small, short-lived buffers on every thread, which
-/// glibc's allocator serves markedly slower (measured with `cargo xtask bench`).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let args = cli::args::Args::parse();
     match cli::run(args) {
