@@ -96,12 +96,19 @@ pub(crate) struct Adoptable {
 
 /// Finds replica processes of this state dir: process-group leaders carrying our marker variables.
 /// Non-leaders (a replica's own children) are returned separately, to be killed if their leader is gone.
+///
+/// Only processes with `BERTH_INSTANCE` count: the state dir alone is also in the environment of anyone
+/// who set `BERTH_STATE_DIR` to pick a state dir, this daemon and the shell that started it included.
 pub(crate) fn scan_adoptable(state_dir: &Path) -> (Vec<Adoptable>, Vec<i32>) {
     let mut leaders = Vec::new();
     let mut others = Vec::new();
+    let own_pid = std::process::id() as i32;
     for (pid, env) in procfs::find_by_env(ENV_STATE_DIR, &state_dir.to_string_lossy()) {
-        let Some(stat) = procfs::stat(pid) else { continue };
         let get = |key: &str| env.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+        if pid == own_pid || get(ENV_INSTANCE).is_none() {
+            continue;
+        }
+        let Some(stat) = procfs::stat(pid) else { continue };
         let found = (|| {
             Some(Adoptable {
                 pid,
@@ -109,7 +116,7 @@ pub(crate) fn scan_adoptable(state_dir: &Path) -> (Vec<Adoptable>, Vec<i32>) {
                 service: get("BERTH_SERVICE")?,
                 replica: get("BERTH_REPLICA")?.parse().ok()?,
                 release: get("BERTH_RELEASE")?,
-                instance: get("BERTH_INSTANCE")?,
+                instance: get(ENV_INSTANCE)?,
                 port: get("PORT")?.parse().ok()?,
             })
         })();
@@ -122,6 +129,8 @@ pub(crate) fn scan_adoptable(state_dir: &Path) -> (Vec<Adoptable>, Vec<i32>) {
 }
 
 pub(crate) const ENV_STATE_DIR: &str = "BERTH_STATE_DIR";
+/// Set by the supervisor only: what marks a process as a replica (or a replica's child).
+pub(crate) const ENV_INSTANCE: &str = "BERTH_INSTANCE";
 
 /// Starts a new instance of `replica`.
 pub(crate) fn spawn(
@@ -150,7 +159,7 @@ pub(crate) fn spawn(
         .env("BERTH_SERVICE", &config.name)
         .env("BERTH_REPLICA", replica.to_string())
         .env("BERTH_RELEASE", &config.release)
-        .env("BERTH_INSTANCE", &id)
+        .env(ENV_INSTANCE, &id)
         .env(ENV_STATE_DIR, &ctx.state_dir)
         .stdin(std::process::Stdio::null())
         .stdout(ctx.logs.child_stdio(&id, Stream::Stdout).map_err(|error| format!("stdout pipe: {error}"))?)

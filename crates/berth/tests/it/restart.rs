@@ -79,3 +79,41 @@ fn replicas_of_a_changed_spec_are_not_adopted_and_no_stray_is_left() {
     assert_ne!(new, old);
     wait_until(Duration::from_secs(10), "the old replica to be gone", || (!process_exists(old)).then_some(()));
 }
+
+/// Regression: the state dir given through `BERTH_STATE_DIR` (rather than `--state-dir`) put the marker
+/// of replica processes into the daemon's own environment; the startup scan took the daemon for a stray
+/// of an earlier one and killed it.
+#[test]
+fn a_daemon_whose_state_dir_comes_from_the_environment_survives_its_own_startup() {
+    let root = temp_dir();
+    let state = root.path().join("state");
+    std::fs::create_dir_all(&state).expect("create the state dir");
+    let state = state.canonicalize().expect("state dir exists");
+    let web = service_dir(root.path(), "web", &hello_spec("web", 1, ""));
+    use std::os::unix::process::CommandExt;
+    // Its own process group, as when started from a shell (`setsid`, a terminal, a service manager).
+    let mut child = std::process::Command::new(berth())
+        .process_group(0)
+        .args(["up", "--api", "127.0.0.1:0", "--gateway", "127.0.0.1:0"])
+        .arg(&web)
+        .env("BERTH_STATE_DIR", &state)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start berth");
+    let ps =
+        || std::process::Command::new(berth()).args(["ps", "web", "--json"]).env("BERTH_STATE_DIR", &state).output();
+    let healthy = wait_until(Duration::from_secs(30), "web healthy, or the daemon gone", || {
+        if let Ok(Some(_)) = child.try_wait() {
+            return Some(false);
+        }
+        let out = ps().ok()?;
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        (status[0]["healthy_replicas"] == 1).then_some(true)
+    });
+    let still_running = child.try_wait().map(|exited| exited.is_none()).unwrap_or(false);
+    let _ = child.kill();
+    let _ = child.wait();
+    berth_test_support::kill_processes_with_env("BERTH_STATE_DIR", &state.to_string_lossy());
+    assert!(healthy && still_running, "the daemon killed itself at startup");
+}
