@@ -143,7 +143,7 @@ impl Gateway {
         self.shared.metrics.render(out);
     }
 
-    /// Address of an endpoint as the gateway knows it (for tests and status).
+    /// Whether outlier detection has ejected the endpoint of `instance` right now (for tests and status).
     pub fn is_ejected(&self, instance: &str) -> bool {
         lock(&self.shared.registry).endpoint(instance).is_some_and(|endpoint| endpoint.is_ejected(Instant::now()))
     }
