@@ -4,7 +4,9 @@ use std::path::Path;
 
 use std::collections::BTreeMap;
 
-use berth_gateway::{RoutePolicy, RoutingTable, ServiceRoutes, Upstream, UpstreamProtocol};
+use berth_gateway::{
+    CachePolicy, Rate, RateKey, RateLimitPolicy, RoutePolicy, RoutingTable, ServiceRoutes, Upstream, UpstreamProtocol,
+};
 use berth_spec::Spec;
 use berth_supervisor::cgroup::Limits;
 use berth_supervisor::{Endpoints, HealthConfig, ServiceConfig};
@@ -50,6 +52,8 @@ pub fn to_routing_table(specs: &BTreeMap<String, Spec>, endpoints: &Endpoints) -
                     prefix: route.path.get_ref().clone(),
                     timeout: *route.timeout.get_ref(),
                     per_try_timeout: route.per_try_timeout.as_ref().map(|t| *t.get_ref()),
+                    cache: route.cache.as_ref().map(cache_policy),
+                    rate_limit: route.rate_limit.as_ref().map(rate_limit_policy),
                 })
                 .collect(),
             endpoints: endpoints
@@ -67,7 +71,31 @@ pub fn to_routing_table(specs: &BTreeMap<String, Spec>, endpoints: &Endpoints) -
                 berth_spec::Protocol::Http1 => UpstreamProtocol::Http1,
                 berth_spec::Protocol::H2c => UpstreamProtocol::H2c,
             },
+            pools: spec.pools.keys().cloned().collect(),
         })
         .collect();
     RoutingTable { services, default_service: None }
+}
+
+fn cache_policy(cache: &berth_spec::Cache) -> CachePolicy {
+    CachePolicy {
+        max_age: cache.max_age,
+        stale_while_revalidate: cache.stale_while_revalidate.unwrap_or_default(),
+        private: cache.private,
+    }
+}
+
+fn rate_limit_policy(limit: &berth_spec::RateLimit) -> RateLimitPolicy {
+    let rate = |rate: &berth_spec::Rate| Rate { requests: rate.requests, per: rate.per };
+    RateLimitPolicy {
+        key: match &limit.key {
+            berth_spec::RateKey::Header(name) => RateKey::Header(name.clone()),
+            berth_spec::RateKey::Source => RateKey::Source,
+            berth_spec::RateKey::Ip => RateKey::Ip,
+        },
+        rate: rate(&limit.rate),
+        burst: limit.burst.unwrap_or(limit.rate.requests),
+        overrides: limit.overrides.iter().map(|(key, r)| (key.clone(), rate(r))).collect(),
+        pools: limit.pools.iter().map(|(key, pool)| (key.clone(), pool.get_ref().clone())).collect(),
+    }
 }

@@ -106,6 +106,7 @@ mod tests {
                 routes: vec![],
                 endpoints,
                 protocol: Default::default(),
+                pools: Vec::new(),
             }],
             default_service: Some("web".into()),
         };

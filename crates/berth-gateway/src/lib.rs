@@ -17,4 +17,6 @@ mod proxy;
 mod table;
 
 pub use gateway::{Gateway, GatewayConfig};
-pub use table::{RoutePolicy, RoutingTable, ServiceRoutes, Upstream, UpstreamProtocol};
+pub use table::{
+    CachePolicy, Rate, RateKey, RateLimitPolicy, RoutePolicy, RoutingTable, ServiceRoutes, Upstream, UpstreamProtocol,
+};

@@ -1,7 +1,7 @@
 //! The routing table: what `berth-deploy` hands the gateway (plain data), and the compiled snapshot the
 //! request path reads. A snapshot is immutable; an update builds a new one and swaps it in.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +18,7 @@ pub struct RoutingTable {
     pub default_service: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ServiceRoutes {
     pub name: String,
     /// Host names besides `<name>.localhost`.
@@ -28,6 +28,9 @@ pub struct ServiceRoutes {
     pub endpoints: Vec<Upstream>,
     /// What the replicas speak.
     pub protocol: UpstreamProtocol,
+    /// Groups (by `Upstream::group`) that are dedicated pools: they get only the requests a rate limit's
+    /// `pools` sends them, never the service's general traffic.
+    pub pools: Vec<String>,
 }
 
 /// The protocol spoken to a service's replicas.
@@ -46,12 +49,72 @@ pub struct RoutePolicy {
     pub timeout: Duration,
     /// Deadline of one attempt; `None`: the whole remaining time.
     pub per_try_timeout: Option<Duration>,
+    pub cache: Option<CachePolicy>,
+    pub rate_limit: Option<RateLimitPolicy>,
 }
 
 impl RoutePolicy {
+    /// `/` with defaults: what a service without declared routes gets.
     pub fn catch_all() -> RoutePolicy {
-        RoutePolicy { prefix: "/".to_owned(), timeout: Duration::from_secs(30), per_try_timeout: None }
+        RoutePolicy {
+            prefix: "/".to_owned(),
+            timeout: Duration::from_secs(30),
+            per_try_timeout: None,
+            cache: None,
+            rate_limit: None,
+        }
     }
+}
+
+impl Default for RoutePolicy {
+    fn default() -> Self {
+        RoutePolicy::catch_all()
+    }
+}
+
+/// Response caching of a route (GET and HEAD only).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CachePolicy {
+    /// A stored response is fresh this long (or less, when the replica's `Cache-Control` says so).
+    pub max_age: Duration,
+    /// After `max_age`, a stored response may still be served this long while one background request
+    /// refreshes it; nothing older than `max_age + stale_while_revalidate` is ever served.
+    pub stale_while_revalidate: Duration,
+    /// Also store responses marked `no-store`/`private` or carrying `Set-Cookie`, and responses to requests
+    /// with `Authorization`. Off by default.
+    pub private: bool,
+}
+
+/// Request rate limiting of a route, per key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimitPolicy {
+    pub key: RateKey,
+    /// The rate every key gets unless overridden.
+    pub rate: Rate,
+    /// Requests a key may send at once above its steady rate (for an override: the override's count).
+    pub burst: u32,
+    /// Per-key rates, by key value (e.g. a partner's API key).
+    pub overrides: BTreeMap<String, Rate>,
+    /// Key values whose requests go only to the named pool (a group listed in `ServiceRoutes::pools`).
+    pub pools: BTreeMap<String, String>,
+}
+
+/// What a rate limit counts requests against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateKey {
+    /// The value of this request header (e.g. `X-Api-Key`); requests without it share one key.
+    Header(String),
+    /// The calling side, as in `X-Source`.
+    Source,
+    /// The client's IP address.
+    Ip,
+}
+
+/// `requests` per `per`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub requests: u32,
+    pub per: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -275,9 +338,11 @@ mod tests {
                     prefix: "/api".into(),
                     timeout: Duration::from_secs(5),
                     per_try_timeout: None,
+                    ..RoutePolicy::default()
                 }],
                 endpoints,
                 protocol: UpstreamProtocol::Http1,
+                pools: Vec::new(),
             }],
             default_service: None,
         };

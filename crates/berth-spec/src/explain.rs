@@ -42,7 +42,7 @@ pub(crate) const TABLE_KEYS: &[(&str, &[&str])] = &[
     ("[dependencies]", &["services", "postgres", "redis"]),
     ("[[routes]]", &["path", "timeout", "per_try_timeout", "nfr", "cache", "rate_limit"]),
     ("`nfr` in [[routes]]", &["p50", "p90", "p99", "error_rate"]),
-    ("`cache` in [[routes]]", &["max_age", "stale_while_revalidate"]),
+    ("`cache` in [[routes]]", &["max_age", "stale_while_revalidate", "private"]),
     ("`rate_limit` in [[routes]]", &["key", "rate", "burst", "overrides", "pools"]),
     (
         "[deploy]",

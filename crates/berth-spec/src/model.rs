@@ -230,6 +230,10 @@ pub struct Cache {
     pub max_age: Duration,
     #[serde(default, with = "de::opt_duration", skip_serializing_if = "Option::is_none")]
     pub stale_while_revalidate: Option<Duration>,
+    /// Also cache responses marked `private`/`no-store` or with `Set-Cookie`, and answers to requests
+    /// with `Authorization`: only for routes whose answers are the same for every caller.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub private: bool,
 }
 
 /// Request rate limiting of a route.

@@ -134,6 +134,7 @@ pub async fn run_gateway(listen: SocketAddr, upstreams: Vec<SocketAddr>) -> anyh
             routes: vec![],
             endpoints,
             protocol: Default::default(),
+            pools: Vec::new(),
         }],
         default_service: Some("upstream".into()),
     });

@@ -109,6 +109,7 @@ impl Fixture {
             routes: Vec::new(),
             endpoints: vec![upstream.grouped()],
             protocol: Default::default(),
+            pools: Vec::new(),
         };
         gw.gateway.update(&RoutingTable {
             services: vec![service("web", &target), service("good", &good)],

@@ -85,7 +85,7 @@ async fn a_post_stuck_on_a_stalled_replica_is_not_retried_and_times_out() {
     let b = MockUpstream::start("b", Reply::Ok).await;
     let gw = TestGateway::start(GatewayConfig { eject_base: Duration::from_secs(30), ..config() }).await;
     let timeout = Duration::from_secs(3);
-    let route = RoutePolicy { prefix: "/".to_owned(), timeout, per_try_timeout: None };
+    let route = RoutePolicy { prefix: "/".to_owned(), timeout, ..RoutePolicy::default() };
     gw.gateway.update(&table_with_routes(vec![a.grouped(), b.grouped()], vec![route]));
     let client = TestClient::new();
     answer_once_from_a(&gw, &client, &a).await;

@@ -60,6 +60,7 @@ async fn trailers_pass_through_over_http2_end_to_end() {
                 weight: 100,
             }],
             protocol: UpstreamProtocol::H2c,
+            pools: Vec::new(),
         }],
         default_service: Some("greeter".to_owned()),
     });

@@ -173,6 +173,7 @@ pub fn table_with_routes(endpoints: Vec<Upstream>, routes: Vec<RoutePolicy>) -> 
             routes,
             endpoints,
             protocol: Default::default(),
+            pools: Vec::new(),
         }],
         default_service: Some("web".to_owned()),
     }
