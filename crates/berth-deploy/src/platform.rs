@@ -11,7 +11,7 @@ use tracing::{error, info};
 
 use crate::load::{LoadError, LoadedService};
 use crate::store::{DesiredService, Store, StoreError};
-use crate::translate::{to_routing_table, to_service_config};
+use crate::translate::{pool_unit, to_routing_table, to_service_configs};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlatformError {
@@ -90,17 +90,27 @@ impl Platform {
 
     pub fn stop(&self, name: &str) -> Result<(), PlatformError> {
         self.update(name, |desired| desired.stopped = true)?;
-        Ok(self.supervisor.stop(name)?)
+        for unit in self.units(name) {
+            self.supervisor.stop(&unit)?;
+        }
+        Ok(())
     }
 
     pub fn start(&self, name: &str) -> Result<(), PlatformError> {
         self.update(name, |desired| desired.stopped = false)?;
-        Ok(self.supervisor.start_service(name)?)
+        for unit in self.units(name) {
+            self.supervisor.start_service(&unit)?;
+        }
+        Ok(())
     }
 
+    /// Rolling restart of the service's replicas and of its dedicated pools.
     pub fn restart(&self, name: &str) -> Result<(), PlatformError> {
         self.desired(name)?;
-        Ok(self.supervisor.restart(name)?)
+        for unit in self.units(name) {
+            self.supervisor.restart(&unit)?;
+        }
+        Ok(())
     }
 
     pub async fn status(&self) -> Vec<ServiceStatus> {
@@ -122,16 +132,27 @@ impl Platform {
 
     fn apply(&self, name: &str, desired: &DesiredService) -> Result<(), PlatformError> {
         let spec = crate::load::parse(&desired.dir.join("app.toml"), &desired.source)?;
-        let config = to_service_config(&spec, &desired.dir, desired.replicas);
+        let configs = to_service_configs(&spec, &desired.dir, desired.replicas);
         lock(&self.specs).insert(name.to_owned(), spec);
         self.specs_changed.notify_one();
-        if desired.stopped {
-            self.supervisor.apply_stopped(config);
-        } else {
-            self.supervisor.apply(config);
+        for config in configs {
+            if desired.stopped {
+                self.supervisor.apply_stopped(config);
+            } else {
+                self.supervisor.apply(config);
+            }
         }
         info!(service = %name, stopped = desired.stopped, "service applied");
         Ok(())
+    }
+
+    /// The supervisor units of a service: its own replicas, then one per dedicated pool.
+    fn units(&self, name: &str) -> Vec<String> {
+        let pools: Vec<String> = lock(&self.specs)
+            .get(name)
+            .map(|spec| spec.pools.keys().map(|pool| pool_unit(name, pool)).collect())
+            .unwrap_or_default();
+        std::iter::once(name.to_owned()).chain(pools).collect()
     }
 
     fn desired(&self, name: &str) -> Result<DesiredService, PlatformError> {

@@ -11,7 +11,25 @@ use berth_spec::Spec;
 use berth_supervisor::cgroup::Limits;
 use berth_supervisor::{Endpoints, HealthConfig, ServiceConfig};
 
-/// What the supervisor runs for `spec`, whose directory is `dir`. Pure.
+/// The supervisor's name for the replicas of `service`'s dedicated pool `pool`.
+pub fn pool_unit(service: &str, pool: &str) -> String {
+    format!("{service}@{pool}")
+}
+
+/// Everything the supervisor runs for `spec`: the service's own replicas first, then one unit per
+/// dedicated pool (same release, the pool's replica count). Pure.
+pub fn to_service_configs(spec: &Spec, dir: &Path, replicas_override: Option<u32>) -> Vec<ServiceConfig> {
+    let main = to_service_config(spec, dir, replicas_override);
+    let pools = spec.pools.iter().map(|(pool, declared)| ServiceConfig {
+        name: pool_unit(&main.name, pool),
+        replicas: declared.replicas,
+        ..main.clone()
+    });
+    let pools: Vec<ServiceConfig> = pools.collect();
+    std::iter::once(main).chain(pools).collect()
+}
+
+/// What the supervisor runs for `spec`'s own replicas (not its pools), whose directory is `dir`. Pure.
 pub fn to_service_config(spec: &Spec, dir: &Path, replicas_override: Option<u32>) -> ServiceConfig {
     let env = spec.env.iter().chain(spec.run.env.iter()).map(|(k, v)| (k.clone(), v.clone())).collect();
     // Scaling is not a release: the replica count stays out of the release identity.
@@ -56,15 +74,15 @@ pub fn to_routing_table(specs: &BTreeMap<String, Spec>, endpoints: &Endpoints) -
                     rate_limit: route.rate_limit.as_ref().map(rate_limit_policy),
                 })
                 .collect(),
-            endpoints: endpoints
-                .get(name)
-                .into_iter()
-                .flatten()
-                .map(|endpoint| Upstream {
-                    instance: endpoint.instance.clone(),
-                    addr: endpoint.addr,
-                    group: "stable".to_owned(),
-                    weight: 100,
+            endpoints: std::iter::once((name.clone(), "stable".to_owned()))
+                .chain(spec.pools.keys().map(|pool| (pool_unit(name, pool), pool.clone())))
+                .flat_map(|(unit, group)| {
+                    endpoints.get(&unit).into_iter().flatten().map(move |endpoint| Upstream {
+                        instance: endpoint.instance.clone(),
+                        addr: endpoint.addr,
+                        group: group.clone(),
+                        weight: 100,
+                    })
                 })
                 .collect(),
             protocol: match spec.run.protocol {
@@ -97,5 +115,53 @@ fn rate_limit_policy(limit: &berth_spec::RateLimit) -> RateLimitPolicy {
         burst: limit.burst.unwrap_or(limit.rate.requests),
         overrides: limit.overrides.iter().map(|(key, r)| (key.clone(), rate(r))).collect(),
         pools: limit.pools.iter().map(|(key, pool)| (key.clone(), pool.get_ref().clone())).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use berth_supervisor::Endpoint;
+
+    use super::*;
+
+    const SPEC: &str = r#"
+name = "api"
+replicas = 2
+[run]
+command = "./api"
+[pools.partner-b]
+replicas = 3
+[[routes]]
+path = "/"
+rate_limit = { key = "header:X-Api-Key", rate = "20/s", pools = { "key-b" = "partner-b" } }
+"#;
+
+    fn endpoint(instance: &str, port: u16) -> Endpoint {
+        Endpoint { replica: 1, instance: instance.to_owned(), addr: SocketAddr::from(([127, 0, 0, 1], port)) }
+    }
+
+    #[test]
+    fn pools_run_as_their_own_units_and_route_as_groups() {
+        let spec = berth_spec::parse("app.toml", SPEC).expect("valid spec");
+        let configs = to_service_configs(&spec, Path::new("/srv/api"), None);
+        let units: Vec<(&str, u32)> = configs.iter().map(|c| (c.name.as_str(), c.replicas)).collect();
+        assert_eq!(units, [("api", 2), ("api@partner-b", 3)]);
+        assert_eq!(configs[0].release, configs[1].release, "a pool runs the same release");
+
+        let endpoints: Endpoints = std::sync::Arc::new(BTreeMap::from([
+            ("api".to_owned(), vec![endpoint("api-1", 1)]),
+            ("api@partner-b".to_owned(), vec![endpoint("api@partner-b-1", 2)]),
+        ]));
+        let specs = BTreeMap::from([("api".to_owned(), spec)]);
+        let table = to_routing_table(&specs, &endpoints);
+        let api = &table.services[0];
+        let groups: Vec<(&str, &str)> = api.endpoints.iter().map(|u| (u.instance.as_str(), u.group.as_str())).collect();
+        assert_eq!(groups, [("api-1", "stable"), ("api@partner-b-1", "partner-b")]);
+        assert_eq!(api.pools, ["partner-b"]);
+        let limit = api.routes[0].rate_limit.as_ref().expect("rate limit mapped");
+        assert_eq!(limit.pools.get("key-b").map(String::as_str), Some("partner-b"));
+        assert_eq!(limit.burst, 20, "burst defaults to the rate's count");
     }
 }
