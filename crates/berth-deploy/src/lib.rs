@@ -7,7 +7,7 @@ mod platform;
 mod store;
 mod translate;
 
-pub use load::{LoadError, LoadedService, discover, load_dir, run_build};
+pub use load::{LoadError, LoadedService, discover, load_dir, load_platform, run_build};
 pub use platform::{Platform, PlatformError};
 pub use store::{DesiredService, Store, StoreError};
 pub use translate::{pool_unit, to_routing_table, to_service_config, to_service_configs};

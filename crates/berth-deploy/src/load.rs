@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use berth_spec::Spec;
+use berth_spec::{PlatformConfig, Spec};
 
 /// A service directory whose app.toml parsed cleanly.
 #[derive(Debug, Clone)]
@@ -25,6 +25,8 @@ pub enum LoadError {
     Invalid { path: String, rendered: String },
     #[error("build of `{service}` failed: {detail}")]
     Build { service: String, detail: String },
+    #[error("two platform configs: {first} and {second}")]
+    TwoPlatformConfigs { first: String, second: String },
 }
 
 impl LoadError {
@@ -34,6 +36,7 @@ impl LoadError {
             LoadError::NoSpec { .. } => Some("run `berth init DIR` to create one, or pass the directory that holds it"),
             LoadError::Invalid { .. } => Some("fix the file and try again; `berth check DIR` shows every problem"),
             LoadError::Build { .. } => Some("fix the build, or pass --no-build to start what was built before"),
+            LoadError::TwoPlatformConfigs { .. } => Some("keep one berth.toml: the platform has one set of listeners"),
             LoadError::Read { .. } => None,
         }
     }
@@ -68,6 +71,36 @@ pub fn load_dir(dir: &Path) -> Result<LoadedService, LoadError> {
     })?;
     let spec = parse(&file, &source)?;
     Ok(LoadedService { dir, file, source, spec })
+}
+
+/// The platform config from the directories given to `berth up`: the one `berth.toml` among them, with
+/// relative certificate paths made absolute; the defaults when there is none.
+pub fn load_platform(dirs: &[PathBuf]) -> Result<(Option<PathBuf>, PlatformConfig), LoadError> {
+    let files: Vec<PathBuf> =
+        dirs.iter().map(|dir| dir.join(PlatformConfig::FILE_NAME)).filter(|file| file.is_file()).collect();
+    let file = match files.as_slice() {
+        [] => return Ok((None, PlatformConfig::default())),
+        [file] => file,
+        [first, second, ..] => {
+            return Err(LoadError::TwoPlatformConfigs { first: display_path(first), second: display_path(second) });
+        }
+    };
+    let source =
+        std::fs::read_to_string(file).map_err(|source| LoadError::Read { path: display_path(file), source })?;
+    let shown = display_path(file);
+    let mut config = berth_spec::parse_platform(&shown, &source).map_err(|diags| LoadError::Invalid {
+        path: shown.clone(),
+        rendered: berth_spec::render_all(&diags, &source),
+    })?;
+    let base = std::path::absolute(file.parent().unwrap_or(Path::new(".")))
+        .map_err(|source| LoadError::Read { path: shown.clone(), source })?;
+    for certificate in &mut config.certificates {
+        for path in [&mut certificate.cert, &mut certificate.key] {
+            let absolute = base.join(path.get_ref()).display().to_string();
+            *path.get_mut() = absolute;
+        }
+    }
+    Ok((Some(file.clone()), config))
 }
 
 pub(crate) fn parse(file: &Path, source: &str) -> Result<Spec, LoadError> {

@@ -15,6 +15,7 @@ mod document;
 mod explain;
 mod hash;
 mod model;
+mod platform;
 pub mod template;
 mod units;
 mod validate;
@@ -26,6 +27,7 @@ pub use model::{
     Autoscale, Cache, Dependencies, Deploy, Health, KeyOrigin, Kind, Nfr, Origin, Pool, Postgres, Protocol, Rate,
     RateKey, RateLimit, Redis, Route, Run, Size, Spec, Step, Strategy,
 };
+pub use platform::{ApiListener, CertificateFiles, GatewayListeners, Listen, PlatformConfig, parse_platform};
 pub use toml::Spanned;
 pub use units::{format_duration, format_size, parse_duration, parse_size};
 pub use validate::{MAX_REPLICAS, is_dns_label};

@@ -88,3 +88,25 @@ fn init_scaffolds_a_valid_service() {
     let again = std::process::Command::new(berth()).arg("init").arg(&dir).output().expect("run berth init");
     assert!(!again.status.success(), "init does not overwrite without --force");
 }
+
+#[test]
+fn the_platform_config_beside_the_services_is_checked_too() {
+    let root = temp_dir();
+    let platform = root.path().join("berth.toml");
+    std::fs::write(&platform, "[gateway]\nhttps = \"127.0.0.1:8443\"\n\n[[certificates]]\ncert = \"certs/site.pem\"\nkey = \"certs/site.key\"\n")
+        .expect("write berth.toml");
+    let check = || std::process::Command::new(berth()).arg("check").arg(root.path()).output().expect("run berth check");
+    let out = check();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stderr}");
+    assert!(!out.status.success(), "a missing certificate file is an error");
+    assert!(stderr.contains("berth.toml:5:8") && stderr.contains("cannot read `certs/site.pem`"), "{stderr}");
+
+    std::fs::create_dir_all(root.path().join("certs")).expect("mkdir");
+    for file in ["certs/site.pem", "certs/site.key"] {
+        std::fs::write(root.path().join(file), "").expect("write");
+    }
+    let out = check();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("http3 = true"), "effective config with defaults");
+}
