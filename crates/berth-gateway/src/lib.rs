@@ -14,6 +14,7 @@ mod gateway;
 mod headers;
 pub mod metrics;
 mod proxy;
+mod ratelimit;
 mod table;
 
 pub use gateway::{Gateway, GatewayConfig};
