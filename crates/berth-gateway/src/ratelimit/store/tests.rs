@@ -99,3 +99,17 @@ fn atomic_cells_follow_the_same_algorithm() {
         assert_eq!(check_atomic(&cell, now, &q), reference.check(0, now, &q));
     }
 }
+
+#[test]
+fn a_full_default_shard_never_grows_its_table() {
+    // The documented worst case (about 72 MiB for 64 shards) holds only if a full shard's table stays at
+    // 2^16 buckets: 57,344 entries is exactly what such a table holds before it would double.
+    let cells = KeyCells::with_capacity(1, DEFAULT_CAP_PER_SHARD);
+    let q = quota(1, 60_000, 1);
+    for key in 0..100_000u64 {
+        cells.check(hash(key), 1_000 * MS, &q);
+    }
+    let shard = lock(&cells.shards[0]);
+    assert_eq!(shard.tats.len(), DEFAULT_CAP_PER_SHARD);
+    assert_eq!(shard.tats.capacity(), DEFAULT_CAP_PER_SHARD, "the table did not grow past 2^16 buckets");
+}
