@@ -9,16 +9,40 @@ use std::time::Instant;
 use crate::endpoint::EndpointState;
 use crate::table::{Group, ServiceEntry};
 
+/// Which of a service's replica groups a request may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Groups<'a> {
+    /// Every group that is not a dedicated pool (split by weight): the service's general traffic.
+    Shared,
+    /// Only this dedicated pool's endpoints: a key a rate limit maps to the pool. Nothing else, even when
+    /// the pool is empty.
+    Pool(&'a str),
+}
+
 /// Below this share of endpoints not ejected, ejection is ignored: trusting it would overload the rest.
 const PANIC_THRESHOLD: f64 = 0.5;
 
-pub(crate) fn pick(service: &ServiceEntry, tried: &[Arc<EndpointState>], now: Instant) -> Option<Arc<EndpointState>> {
-    let n_total = service.n_endpoints();
+pub(crate) fn pick(
+    service: &ServiceEntry,
+    groups: Groups<'_>,
+    tried: &[Arc<EndpointState>],
+    now: Instant,
+) -> Option<Arc<EndpointState>> {
+    let eligible = |group: &&Group| match groups {
+        Groups::Shared => !group.pool,
+        Groups::Pool(pool) => group.name == pool,
+    };
+    let n_total: usize = service.groups.iter().filter(eligible).map(|g| g.endpoints.len()).sum();
     if n_total == 0 {
         return None;
     }
-    let n_ejected =
-        service.groups.iter().flat_map(|g| g.endpoints.iter()).filter(|endpoint| endpoint.is_ejected(now)).count();
+    let n_ejected = service
+        .groups
+        .iter()
+        .filter(eligible)
+        .flat_map(|g| g.endpoints.iter())
+        .filter(|endpoint| endpoint.is_ejected(now))
+        .count();
     let panic = ((n_total - n_ejected) as f64) < PANIC_THRESHOLD * n_total as f64;
     let usable = |endpoint: &Arc<EndpointState>| {
         (panic || !endpoint.is_ejected(now)) && !tried.iter().any(|t| Arc::ptr_eq(t, endpoint))
@@ -26,15 +50,17 @@ pub(crate) fn pick(service: &ServiceEntry, tried: &[Arc<EndpointState>], now: In
     let n_usable = |group: &Group| group.endpoints.iter().filter(|e| usable(e)).count();
 
     // Weighted choice among the groups that have something usable; no allocation on this path.
+    // Within a pool, weights split traffic as usual; a pool group's weight of 0 still takes its keys.
+    let weight = |g: &Group| u64::from(if matches!(groups, Groups::Pool(_)) { g.weight.max(1) } else { g.weight });
     let total_weight: u64 =
-        service.groups.iter().filter(|g| g.weight > 0 && n_usable(g) > 0).map(|g| u64::from(g.weight)).sum();
+        service.groups.iter().filter(eligible).filter(|g| weight(g) > 0 && n_usable(g) > 0).map(weight).sum();
     if total_weight == 0 {
         return None;
     }
     let mut ticket = random() % total_weight;
-    let group = service.groups.iter().filter(|g| g.weight > 0 && n_usable(g) > 0).find(|g| {
-        let hit = ticket < u64::from(g.weight);
-        ticket = ticket.saturating_sub(u64::from(g.weight));
+    let group = service.groups.iter().filter(eligible).filter(|g| weight(g) > 0 && n_usable(g) > 0).find(|g| {
+        let hit = ticket < weight(g);
+        ticket = ticket.saturating_sub(weight(g));
         hit
     })?;
 
@@ -85,6 +111,10 @@ mod tests {
     use crate::table::{Registry, RoutingTable, ServiceRoutes, Upstream};
 
     fn service(groups: &[(&str, u32, usize)]) -> (Registry, Arc<ServiceEntry>) {
+        service_with_pools(groups, &[])
+    }
+
+    fn service_with_pools(groups: &[(&str, u32, usize)], pools: &[&str]) -> (Registry, Arc<ServiceEntry>) {
         let mut registry = Registry::new();
         let mut endpoints = Vec::new();
         let mut port = 1;
@@ -106,7 +136,7 @@ mod tests {
                 routes: vec![],
                 endpoints,
                 protocol: Default::default(),
-                pools: Vec::new(),
+                pools: pools.iter().map(|pool| (*pool).to_owned()).collect(),
             }],
             default_service: Some("web".into()),
         };
@@ -118,7 +148,7 @@ mod tests {
     fn counts(service: &ServiceEntry, n: usize) -> std::collections::HashMap<String, usize> {
         let mut res = std::collections::HashMap::new();
         for _ in 0..n {
-            let endpoint = pick(service, &[], Instant::now()).expect("something to pick");
+            let endpoint = pick(service, Groups::Shared, &[], Instant::now()).expect("something to pick");
             *res.entry(endpoint.instance.clone()).or_default() += 1;
         }
         res
@@ -157,10 +187,29 @@ mod tests {
     #[test]
     fn tried_endpoints_are_not_picked_again() {
         let (_registry, web) = service(&[("stable", 100, 2)]);
-        let first = pick(&web, &[], Instant::now()).expect("one");
-        let second = pick(&web, std::slice::from_ref(&first), Instant::now()).expect("the other");
+        let first = pick(&web, Groups::Shared, &[], Instant::now()).expect("one");
+        let second = pick(&web, Groups::Shared, std::slice::from_ref(&first), Instant::now()).expect("the other");
         assert!(!Arc::ptr_eq(&first, &second));
-        assert!(pick(&web, &[first, second], Instant::now()).is_none());
+        assert!(pick(&web, Groups::Shared, &[first, second], Instant::now()).is_none());
         web.groups[0].endpoints[0].begin().finish(Outcome::Success);
+    }
+
+    #[test]
+    fn pools_take_only_their_keys_and_shared_traffic_never_reaches_them() {
+        let (_registry, web) =
+            service_with_pools(&[("stable", 100, 2), ("partner", 100, 2), ("empty", 0, 0)], &["partner"]);
+        let now = Instant::now();
+        for _ in 0..500 {
+            let shared = pick(&web, Groups::Shared, &[], now).expect("stable has replicas");
+            assert!(shared.instance.starts_with("stable"), "{}", shared.instance);
+            let pooled = pick(&web, Groups::Pool("partner"), &[], now).expect("the pool has replicas");
+            assert!(pooled.instance.starts_with("partner"), "{}", pooled.instance);
+        }
+        assert!(pick(&web, Groups::Pool("empty"), &[], now).is_none(), "an empty pool has no fallback");
+        // Retries stay in the pool.
+        let first = pick(&web, Groups::Pool("partner"), &[], now).expect("one");
+        let second = pick(&web, Groups::Pool("partner"), std::slice::from_ref(&first), now).expect("the other");
+        assert!(second.instance.starts_with("partner") && !Arc::ptr_eq(&first, &second));
+        assert!(pick(&web, Groups::Pool("partner"), &[first, second], now).is_none());
     }
 }

@@ -14,6 +14,13 @@ pub(crate) enum ProxyError {
     /// Upstream: no replica is in rotation (or every one was tried).
     #[error("no replica of `{service}` is available")]
     NoUpstream { service: String },
+    /// Upstream: the dedicated pool a rate limit sends this key to has no replica in rotation. There is no
+    /// fallback to the shared replicas: keeping the pool's load off them is the point of the pool.
+    #[error("no replica of pool `{pool}` of `{service}` is available")]
+    NoPoolUpstream { service: String, pool: String },
+    /// Downstream: the route's rate limit refused the request's key (never reaches a replica).
+    #[error("{0}")]
+    RateLimited(Box<crate::ratelimit::Rejection>),
     /// Upstream: the replica failed (refused, reset, gateway error) and no retry was left.
     #[error("replica failed: {0}")]
     Upstream(String),
@@ -31,7 +38,8 @@ impl ProxyError {
     pub(crate) fn into_response(self) -> Response<ResBody> {
         let status = match &self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::NoUpstream { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoUpstream { .. } | ProxyError::NoPoolUpstream { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -43,6 +51,9 @@ impl ProxyError {
         if status == StatusCode::SERVICE_UNAVAILABLE {
             // Answer at once instead of queueing; tell the client when to come back.
             res.headers_mut().insert(header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+        }
+        if let ProxyError::RateLimited(rejection) = &self {
+            rejection.write_fields(res.headers_mut());
         }
         res
     }

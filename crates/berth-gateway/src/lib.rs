@@ -1,6 +1,7 @@
 //! Berth's HTTP gateway: one front door for every service. Routes by host and path prefix to the healthy
 //! replicas it is handed, balances with power of two choices over a peak-EWMA latency cost, and hides
-//! replica failures with retries, a retry budget, outlier ejection and stall detection.
+//! replica failures with retries, a retry budget, outlier ejection and stall detection. Routes can limit
+//! request rates per key (header, source or client IP) and send chosen keys to dedicated replica pools.
 //!
 //! The gateway never reads files or the spec: `berth-deploy` hands it `RoutingTable` values, and it swaps
 //! an immutable compiled snapshot per update.
@@ -14,6 +15,7 @@ mod gateway;
 mod headers;
 pub mod metrics;
 mod proxy;
+mod ratelimit;
 mod table;
 
 pub use gateway::{Gateway, GatewayConfig};

@@ -15,6 +15,10 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+pub use rate_limit::{KeyClass, PoolMetrics, RateLimitMetrics};
+
+mod rate_limit;
+
 /// The metrics of one gateway: a registry of per-route handles plus per-service ejection counters.
 ///
 /// Handles are never removed: a route that leaves the routing table keeps its series (frozen) until the
@@ -23,6 +27,7 @@ use std::time::{Duration, Instant};
 pub struct Metrics {
     routes: Mutex<BTreeMap<(String, String), Arc<RouteMetrics>>>,
     ejections: Mutex<BTreeMap<String, [u64; EJECT_REASONS.len()]>>,
+    rate_limits: rate_limit::RateLimitRegistry,
 }
 
 /// Why outlier detection ejected a replica of a service.
@@ -112,6 +117,7 @@ impl Metrics {
         let ejections = lock(&self.ejections).clone();
         // Writing into a `String` cannot fail.
         let _ = render_families(out, &routes, &ejections);
+        let _ = self.rate_limits.render(out);
     }
 }
 

@@ -16,12 +16,13 @@ use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use tracing::debug;
 
-use crate::balance;
+use crate::balance::{self, Groups};
 use crate::endpoint::{EndpointState, Outcome};
 use crate::error::ProxyError;
 use crate::gateway::{Shared, UpstreamClient};
 use crate::headers::{self, Forwarding, X_REQUEST_ID};
 use crate::metrics::RetryReason;
+use crate::ratelimit;
 use crate::table::{RouteEntry, ServiceEntry, UpstreamProtocol};
 
 /// How long an attempt runs before it also listens for its endpoint's ejection (well below the stall
@@ -45,13 +46,21 @@ pub(crate) async fn handle(
     };
     let route = service.route_for(req.uri().path());
     let in_flight = route.metrics.start(req.method());
-    let res = match proxy(&shared, &client, &service, route, peer, req, started).await {
+    let admission = match ratelimit::admit(route, req.headers(), peer.ip(), &shared.config.source) {
+        Ok(admission) => admission,
+        Err(rejected) => {
+            in_flight.finish(StatusCode::TOO_MANY_REQUESTS.as_u16());
+            return Ok(rejected.into_response());
+        }
+    };
+    let mut res = match proxy(&shared, &client, &service, route, admission.groups(), peer, req, started).await {
         Ok(res) => res,
         Err(error) => {
             debug!(service = %service.name, error = %error, "request failed");
             error.into_response()
         }
     };
+    admission.write_fields(res.headers_mut());
     in_flight.finish(res.status().as_u16());
     Ok(res)
 }
@@ -76,6 +85,7 @@ async fn proxy(
     client: &UpstreamClient,
     service: &ServiceEntry,
     route: &RouteEntry,
+    groups: Groups<'_>,
     peer: SocketAddr,
     mut req: Request<Incoming>,
     started: Instant,
@@ -100,13 +110,16 @@ async fn proxy(
     let path_and_query =
         parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     let mut tried: Vec<Arc<EndpointState>> = Vec::new();
-    let mut last_error = ProxyError::NoUpstream { service: service.name.clone() };
+    let mut last_error = match groups {
+        Groups::Shared => ProxyError::NoUpstream { service: service.name.clone() },
+        Groups::Pool(pool) => ProxyError::NoPoolUpstream { service: service.name.clone(), pool: pool.to_owned() },
+    };
     loop {
         let now = Instant::now();
         if now >= deadline {
             return Err(ProxyError::Timeout);
         }
-        let Some(endpoint) = balance::pick(service, &tried, now) else { return Err(last_error) };
+        let Some(endpoint) = balance::pick(service, groups, &tried, now) else { return Err(last_error) };
         let attempt_body = match &mut body {
             RequestBody::Buffered(bytes) => Either::Left(Full::new(bytes.clone())),
             RequestBody::Streaming(stream) => match stream.take() {
@@ -171,7 +184,7 @@ async fn proxy(
         let retry_ok = |reason| {
             idempotent
                 && replayable
-                && balance::pick(service, &tried, Instant::now()).is_some()
+                && balance::pick(service, groups, &tried, Instant::now()).is_some()
                 && shared.allow_retry(service, route, reason, deadline)
         };
         match outcome {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use crate::budget::RetryBudget;
 use crate::endpoint::EndpointState;
 use crate::metrics::{Metrics, RouteMetrics};
+use crate::ratelimit::RateLimiter;
 
 /// Everything the gateway routes, as data.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -142,6 +143,10 @@ pub(crate) struct ServiceEntry {
 }
 
 pub(crate) struct Group {
+    /// `Upstream::group`.
+    pub(crate) name: String,
+    /// Listed in `ServiceRoutes::pools`: only requests a rate limit maps to it come here.
+    pub(crate) pool: bool,
     pub(crate) weight: u32,
     pub(crate) endpoints: Vec<Arc<EndpointState>>,
 }
@@ -151,18 +156,21 @@ pub(crate) struct RouteEntry {
     pub(crate) timeout: Duration,
     pub(crate) per_try_timeout: Option<Duration>,
     pub(crate) metrics: Arc<RouteMetrics>,
+    pub(crate) rate_limit: Option<Arc<RateLimiter>>,
 }
 
-/// State that outlives snapshots: endpoints (by instance id) and retry budgets (by service).
+/// State that outlives snapshots: endpoints (by instance id), retry budgets (by service) and rate limiters
+/// (by service and route prefix, while the route's policy stays the same).
 pub(crate) struct Registry {
     pub(crate) epoch: Instant,
     endpoints: HashMap<String, Arc<EndpointState>>,
     budgets: HashMap<String, Arc<RetryBudget>>,
+    limiters: HashMap<(String, String), Arc<RateLimiter>>,
 }
 
 impl Registry {
     pub(crate) fn new() -> Registry {
-        Registry { epoch: Instant::now(), endpoints: HashMap::new(), budgets: HashMap::new() }
+        Registry { epoch: Instant::now(), endpoints: HashMap::new(), budgets: HashMap::new(), limiters: HashMap::new() }
     }
 
     /// The endpoint's live state, if it is in a table or still has requests in flight.
@@ -175,8 +183,9 @@ impl Registry {
         let mut by_host = HashMap::new();
         let mut by_name = HashMap::new();
         let mut seen = Vec::new();
+        let mut limiters = HashMap::new();
         for service in &table.services {
-            let entry = Arc::new(self.compile_service(service, metrics, &mut seen));
+            let entry = Arc::new(self.compile_service(service, metrics, &mut seen, &mut limiters));
             by_host.insert(format!("{}.localhost", service.name), entry.clone());
             for host in &service.hosts {
                 by_host.insert(normalize_host(host), entry.clone());
@@ -186,11 +195,23 @@ impl Registry {
         // Forget endpoints that left every table once nothing holds them (no request in flight).
         self.endpoints.retain(|instance, state| seen.contains(instance) || Arc::strong_count(state) > 1);
         self.budgets.retain(|name, _| by_name.contains_key(name));
+        // Limiters of routes that left the table, or whose policy changed, start over if they come back.
+        self.limiters = limiters;
         let default = table.default_service.as_ref().and_then(|name| by_name.get(name).cloned());
         Snapshot { by_host, default }
     }
 
-    fn compile_service(&mut self, service: &ServiceRoutes, metrics: &Metrics, seen: &mut Vec<String>) -> ServiceEntry {
+    fn compile_service(
+        &mut self,
+        service: &ServiceRoutes,
+        metrics: &Metrics,
+        seen: &mut Vec<String>,
+        limiters: &mut HashMap<(String, String), Arc<RateLimiter>>,
+    ) -> ServiceEntry {
+        for pool in &service.pools {
+            // Registered at zero, so the pool's series exists before its first request.
+            metrics.pool(&service.name, pool);
+        }
         let mut routes: Vec<RouteEntry> = service
             .routes
             .iter()
@@ -200,6 +221,15 @@ impl Registry {
                 timeout: route.timeout,
                 per_try_timeout: route.per_try_timeout,
                 metrics: metrics.route(&service.name, &route.prefix),
+                rate_limit: route.rate_limit.as_ref().map(|policy| {
+                    let key = (service.name.clone(), route.prefix.clone());
+                    let limiter = match self.limiters.get(&key) {
+                        Some(limiter) if limiter.policy() == policy => limiter.clone(),
+                        _ => Arc::new(RateLimiter::new(policy, &service.name, &route.prefix, metrics)),
+                    };
+                    limiters.insert(key, limiter.clone());
+                    limiter
+                }),
             })
             .collect();
         // A declared `/` wins over the implicit catch-all, which is last among equals.
@@ -224,7 +254,12 @@ impl Registry {
                 Some(idx) => groups[idx].endpoints.push(state),
                 None => {
                     group_names.push(&upstream.group);
-                    groups.push(Group { weight: upstream.weight, endpoints: vec![state] });
+                    groups.push(Group {
+                        name: upstream.group.clone(),
+                        pool: service.pools.contains(&upstream.group),
+                        weight: upstream.weight,
+                        endpoints: vec![state],
+                    });
                 }
             }
         }

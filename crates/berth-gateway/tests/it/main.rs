@@ -5,5 +5,6 @@ mod drain;
 mod ejection;
 mod grpc;
 mod passthrough;
+mod rate_limit;
 mod retries;
 mod support;
