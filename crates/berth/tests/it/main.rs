@@ -4,5 +4,6 @@ mod check;
 mod control;
 mod gateway;
 mod healing;
+mod partners;
 mod restart;
 mod support;
