@@ -32,7 +32,7 @@ fn a_partner_key_is_limited_and_a_pooled_key_gets_its_own_replicas() {
     let gateway = daemon.gateway_addr();
 
     // key-a gets the default 5/s with a burst of 5: a quick run of 15 is cut at about 5.
-    let answers: Vec<(u16, Vec<(String, String)>, Value)> = (0..15).map(|_| get(gateway, "key-a")).collect();
+    let answers: Vec<_> = (0..15).map(|_| get(gateway, "key-a")).collect();
     let admitted = answers.iter().filter(|(status, _, _)| *status == 200).count();
     let limited: Vec<_> = answers.iter().filter(|(status, _, _)| *status == 429).collect();
     println!("key-a: {admitted} admitted, {} limited of 15", limited.len());
