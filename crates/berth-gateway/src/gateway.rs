@@ -42,6 +42,8 @@ pub struct GatewayConfig {
     pub source: String,
     /// Worker threads, each with its own runtime and upstream pool.
     pub workers: usize,
+    /// One `berth::access` event per request (see `access_log.rs`).
+    pub access_log: bool,
 }
 
 impl Default for GatewayConfig {
@@ -59,6 +61,7 @@ impl Default for GatewayConfig {
             stall_after: Duration::from_secs(1),
             source: "external".to_owned(),
             workers: std::thread::available_parallelism().map(usize::from).unwrap_or(2),
+            access_log: false,
         }
     }
 }

@@ -6,6 +6,7 @@
 //! The gateway never reads files or the spec: `berth-deploy` hands it `RoutingTable` values, and it swaps
 //! an immutable compiled snapshot per update.
 
+mod access_log;
 mod balance;
 mod budget;
 mod endpoint;

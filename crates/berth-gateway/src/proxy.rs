@@ -16,6 +16,7 @@ use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use tracing::debug;
 
+use crate::access_log::{AccessRequest, Destination};
 use crate::balance::{self, Groups};
 use crate::endpoint::{EndpointState, Outcome};
 use crate::error::ProxyError;
@@ -39,21 +40,43 @@ pub(crate) async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ResBody>, Infallible> {
     let started = Instant::now();
+    let access = shared.config.access_log.then(|| AccessRequest::new(&req, peer));
     let snapshot = shared.snapshot();
     let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).or(req.uri().host());
     let Some(service) = snapshot.service_for(host).cloned() else {
-        return Ok(ProxyError::NoRoute.into_response());
+        let res = ProxyError::NoRoute.into_response();
+        if let Some(access) = access {
+            access.log(None, &res, started.elapsed());
+        }
+        return Ok(res);
     };
     let route = service.route_for(req.uri().path());
+    let res = handle_route(&shared, &client, &service, route, peer, req, started).await;
+    if let Some(access) = access {
+        access.log(Some(Destination { service: &service.name, route: &route.prefix }), &res, started.elapsed());
+    }
+    Ok(res)
+}
+
+/// A request whose service and route are known: rate limit, then proxy.
+async fn handle_route(
+    shared: &Shared,
+    client: &UpstreamClient,
+    service: &ServiceEntry,
+    route: &RouteEntry,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    started: Instant,
+) -> Response<ResBody> {
     let in_flight = route.metrics.start(req.method());
     let admission = match ratelimit::admit(route, req.headers(), peer.ip(), &shared.config.source) {
         Ok(admission) => admission,
         Err(rejected) => {
             in_flight.finish(StatusCode::TOO_MANY_REQUESTS.as_u16());
-            return Ok(rejected.into_response());
+            return rejected.into_response();
         }
     };
-    let mut res = match proxy(&shared, &client, &service, route, admission.groups(), peer, req, started).await {
+    let mut res = match proxy(shared, client, service, route, admission.groups(), peer, req, started).await {
         Ok(res) => res,
         Err(error) => {
             debug!(service = %service.name, error = %error, "request failed");
@@ -62,7 +85,7 @@ pub(crate) async fn handle(
     };
     admission.write_fields(res.headers_mut());
     in_flight.finish(res.status().as_u16());
-    Ok(res)
+    res
 }
 
 enum Attempted {

@@ -38,6 +38,11 @@ impl Daemon {
     ///
     /// Panics with the tail of `daemon.out` if the daemon exits or is not ready in time.
     pub fn start(bin: &Path, state_dir: &Path, service_dirs: &[&Path]) -> Daemon {
+        Daemon::start_with(bin, state_dir, service_dirs, &[])
+    }
+
+    /// Like [`Daemon::start`], with extra arguments for `berth up` (e.g. `--access-log`).
+    pub fn start_with(bin: &Path, state_dir: &Path, service_dirs: &[&Path], up_args: &[&str]) -> Daemon {
         fs::create_dir_all(state_dir)
             .unwrap_or_else(|error| panic!("failed to create {}: {error}", state_dir.display()));
         let state_dir = state_dir
@@ -55,6 +60,7 @@ impl Daemon {
             .arg("--state-dir")
             .arg(&state_dir)
             .args(["up", "--api", "127.0.0.1:0", "--gateway", "127.0.0.1:0"])
+            .args(up_args)
             .args(service_dirs)
             .env("RUST_LOG", "debug")
             .stdin(Stdio::null())

@@ -19,6 +19,8 @@ pub struct DaemonOptions {
     pub state_dir: PathBuf,
     pub api: SocketAddr,
     pub gateway: SocketAddr,
+    /// Log every request the gateway answers (target `berth::access`).
+    pub access_log: bool,
     /// Services to deploy at startup, besides those stored from earlier runs.
     pub services: Vec<LoadedService>,
 }
@@ -28,7 +30,7 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
     let _lock = state_dir::lock(&state_dir)?;
     let token = state_dir::ensure_token(&state_dir)?;
 
-    let gateway = Gateway::new(GatewayConfig::default());
+    let gateway = Gateway::new(GatewayConfig { access_log: options.access_log, ..GatewayConfig::default() });
     let drain_gateway = gateway.clone();
     let supervisor = Supervisor::start(SupervisorConfig {
         state_dir: state_dir.clone(),

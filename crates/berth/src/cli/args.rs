@@ -99,6 +99,9 @@ pub struct UpArgs {
     /// Do not run the services' [build] commands first
     #[arg(long)]
     pub no_build: bool,
+    /// Log every request through the gateway (one `berth::access` event each; JSON with --log-format json)
+    #[arg(long)]
+    pub access_log: bool,
     /// Log format of the daemon's own log on stderr
     #[arg(long, value_enum, default_value = "human")]
     pub log_format: LogFormat,

@@ -37,6 +37,7 @@ pub fn up(state_dir: &Path, args: UpArgs, runtime: tokio::runtime::Runtime) -> a
         state_dir: state_dir.to_path_buf(),
         api: args.api,
         gateway: args.gateway,
+        access_log: args.access_log,
         services,
     }))?;
     Ok(ExitCode::SUCCESS)

@@ -180,3 +180,32 @@ fn http2_clients_are_served_over_h2c() {
     // The replica behind speaks HTTP/1.1 and still gets a Host header.
     assert!(text.contains("\"host\":\"web.localhost\""), "{text}");
 }
+
+#[test]
+fn the_access_log_has_one_json_line_per_request() {
+    let root = berth_test_support::temp_dir();
+    let dir = service_dir(root.path(), "web", &hello_spec("web", 1, ""));
+    let daemon =
+        Daemon::start_with(berth(), &root.path().join("state"), &[&dir], &["--access-log", "--log-format", "json"]);
+    wait_healthy(&daemon, "web", 1);
+    let (status, headers, _) = gateway_request(&daemon, "/headers?probe=access-log", &[]);
+    assert_eq!(status, 200);
+    let request_id = headers.iter().find(|(name, _)| name == "x-request-id").map(|(_, v)| v.clone());
+    let request_id = request_id.expect("the gateway sets X-Request-Id");
+
+    let line = wait_until(Duration::from_secs(5), "the access log line", || {
+        let out = std::fs::read_to_string(daemon.state_dir().join("daemon.out")).ok()?;
+        out.lines().find(|line| line.contains("probe=access-log")).map(str::to_owned)
+    });
+    println!("{line}");
+    let event: serde_json::Value = serde_json::from_str(&line).expect("the access log line is JSON");
+    assert_eq!(event["target"], "berth::access");
+    let fields = &event["fields"];
+    assert_eq!(fields["method"], "GET");
+    assert_eq!(fields["host"], "web.localhost");
+    assert_eq!(fields["status"], 200);
+    assert_eq!(fields["service"], "web");
+    assert_eq!(fields["route"], "/");
+    assert_eq!(fields["request_id"], request_id.as_str());
+    assert!(fields["duration_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{fields}");
+}
