@@ -107,6 +107,7 @@ mod tests {
                 endpoints,
                 protocol: Default::default(),
                 pools: Vec::new(),
+                redirect_https: false,
             }],
             default_service: Some("web".into()),
         };

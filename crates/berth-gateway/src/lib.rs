@@ -1,6 +1,7 @@
 //! Berth's HTTP gateway: one front door for every service. Routes by host and path prefix to the healthy
 //! replicas it is handed, balances with power of two choices over a peak-EWMA latency cost, and hides
-//! replica failures with retries, a retry budget, outlier ejection and stall detection.
+//! replica failures with retries, a retry budget, outlier ejection and stall detection. Serves plain HTTP,
+//! HTTPS (rustls, SNI, self-signed certificates where none is given) and HTTP/3 (quinn + h3).
 //!
 //! The gateway never reads files or the spec: `berth-deploy` hands it `RoutingTable` values, and it swaps
 //! an immutable compiled snapshot per update.
@@ -11,12 +12,15 @@ mod endpoint;
 mod error;
 mod framing;
 mod gateway;
+mod h3;
 mod headers;
 pub mod metrics;
 mod proxy;
 mod table;
+mod tls;
 
-pub use gateway::{Gateway, GatewayConfig};
+pub use gateway::{Gateway, GatewayConfig, Listeners};
 pub use table::{
     CachePolicy, Rate, RateKey, RateLimitPolicy, RoutePolicy, RoutingTable, ServiceRoutes, Upstream, UpstreamProtocol,
 };
+pub use tls::{CertificateFiles, TlsConfig};

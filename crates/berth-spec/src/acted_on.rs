@@ -9,12 +9,11 @@ use crate::model::Spec;
 
 /// Keys that are parsed and validated but that the platform does not act on yet, as dotted
 /// paths (`"routes"`, or a nested key such as `"deploy.watch"`). Everything else is acted on:
-/// `name`, `kind`, `replicas`, `size`, `run`, `build`, `health`, `env`, `domains` and `routes` (path and
-/// timeouts, by the gateway).
+/// `name`, `kind`, `replicas`, `size`, `run`, `build`, `health`, `env`, `domains`, `redirect_https` and
+/// `routes` (path and timeouts, by the gateway).
 pub const NOT_YET_ACTED_ON: &[&str] = &[
     "unit",
     "alerts",
-    "redirect_https",
     "test",
     "dependencies",
     "routes.nfr",

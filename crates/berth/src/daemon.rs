@@ -60,7 +60,9 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
     let listener = bind(options.api, "the control API", "--api").await?;
     let api = listener.local_addr()?;
     let gateway_server = tokio::spawn(async move {
-        if let Err(error) = gateway.serve(gateway_listener).await {
+        if let Err(error) =
+            gateway.serve(berth_gateway::Listeners { http: Some(gateway_listener), ..Default::default() }).await
+        {
             warn!(error = %error, "gateway stopped");
         }
     });
@@ -135,13 +137,14 @@ pub async fn run_gateway(listen: SocketAddr, upstreams: Vec<SocketAddr>) -> anyh
             endpoints,
             protocol: Default::default(),
             pools: Vec::new(),
+            redirect_https: false,
         }],
         default_service: Some("upstream".into()),
     });
     let listener = bind(listen, "the gateway", "--listen").await?;
     eprintln!("berth: gateway on http://{} -> {upstreams:?}", listener.local_addr()?);
     tokio::select! {
-        res = gateway.serve(listener) => res?,
+        res = gateway.serve(berth_gateway::Listeners { http: Some(listener), ..Default::default() }) => res?,
         _ = tokio::signal::ctrl_c() => {}
     }
     Ok(())

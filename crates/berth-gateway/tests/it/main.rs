@@ -7,3 +7,4 @@ mod grpc;
 mod passthrough;
 mod retries;
 mod support;
+mod tls;
