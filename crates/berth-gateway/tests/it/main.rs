@@ -4,6 +4,7 @@ mod bad_traffic;
 mod drain;
 mod ejection;
 mod grpc;
+mod h3;
 mod passthrough;
 mod retries;
 mod support;
