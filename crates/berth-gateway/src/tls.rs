@@ -135,7 +135,12 @@ impl Tls {
             })
             .filter(|(_, uncovered)| !uncovered.is_empty())
             .collect();
-        wanted.push((FALLBACK_LABEL.to_owned(), FALLBACK_NAMES.iter().map(|name| name.to_string()).collect()));
+        // Unknown names and clients without SNI get the first user certificate, as a web server's default
+        // does, or a self-signed one when there is none.
+        let first_user = store.user.iter().find_map(|user| user.loaded.as_ref()).map(|loaded| loaded.key.clone());
+        if first_user.is_none() {
+            wanted.push((FALLBACK_LABEL.to_owned(), FALLBACK_NAMES.iter().map(|name| name.to_string()).collect()));
+        }
         let mut self_signed = HashMap::new();
         for (label, names) in wanted {
             let current = store.self_signed.remove(&label);
@@ -172,6 +177,9 @@ impl Tls {
                     map.insert(name, loaded.key.clone());
                 }
             }
+        }
+        if let Some(first_user) = first_user {
+            map.set_fallback(first_user);
         }
         store.self_signed = self_signed;
         self.resolver.replace(map);

@@ -37,6 +37,8 @@ pub fn up(state_dir: &Path, args: UpArgs, runtime: tokio::runtime::Runtime) -> a
         state_dir: state_dir.to_path_buf(),
         api: args.api,
         gateway: args.gateway,
+        https: args.https.0,
+        http3: !args.no_http3,
         services,
     }))?;
     Ok(ExitCode::SUCCESS)

@@ -6,3 +6,4 @@ mod gateway;
 mod healing;
 mod restart;
 mod support;
+mod tls;
