@@ -148,7 +148,7 @@ async fn send_response(mut send: SendStream, res: Response<proxy::ResBody>) -> R
             Err(error) => {
                 // The replica broke off: the client must not take a cut body for a whole one.
                 send.stop_stream(::h3::error::Code::H3_INTERNAL_ERROR);
-                return Err(error.into());
+                return Err(error);
             }
         };
         match frame.into_data() {

@@ -60,7 +60,7 @@ mod tests {
 
     /// Top-level keys the platform acts on today; see [`NOT_YET_ACTED_ON`].
     const ACTED_ON: &[&str] =
-        &["name", "kind", "replicas", "size", "run", "build", "health", "env", "domains", "routes"];
+        &["name", "kind", "replicas", "size", "run", "build", "health", "env", "domains", "redirect_https", "routes"];
 
     #[test]
     fn every_top_level_key_is_classified() {
