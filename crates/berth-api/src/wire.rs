@@ -69,6 +69,9 @@ pub struct DaemonInfo {
     /// Where the gateway listens.
     #[serde(default)]
     pub gateway: Option<std::net::SocketAddr>,
+    /// Where the gateway's HTTPS listener (and HTTP/3, on the same port over UDP) listens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https: Option<std::net::SocketAddr>,
     pub pid: u32,
 }
 

@@ -90,6 +90,7 @@ pub fn to_routing_table(specs: &BTreeMap<String, Spec>, endpoints: &Endpoints) -
                 berth_spec::Protocol::H2c => UpstreamProtocol::H2c,
             },
             pools: spec.pools.keys().cloned().collect(),
+            redirect_https: spec.redirect_https,
         })
         .collect();
     RoutingTable { services, default_service: None }

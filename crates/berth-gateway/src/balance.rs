@@ -137,6 +137,7 @@ mod tests {
                 endpoints,
                 protocol: Default::default(),
                 pools: pools.iter().map(|pool| (*pool).to_owned()).collect(),
+                redirect_https: false,
             }],
             default_service: Some("web".into()),
         };

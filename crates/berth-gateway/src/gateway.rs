@@ -1,6 +1,8 @@
-//! The gateway's handle: configuration, the listener, routing-table updates, outlier ejection and
-//! draining. The gateway never reads files or the spec; it is handed `RoutingTable`s.
+//! The gateway's handle: configuration, the listeners (plain HTTP and HTTPS on per-core workers, HTTP/3 on
+//! one QUIC endpoint), routing-table updates, outlier ejection and draining. The gateway never reads the
+//! spec; it is handed `RoutingTable`s (only `tls` reads files: certificates).
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -8,14 +10,17 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
 use crate::endpoint::EndpointState;
 use crate::framing::FramingGuard;
 use crate::metrics::{EjectReason, Metrics, RetryReason};
-use crate::proxy::{self, ReqBody};
+use crate::proxy::{self, Ingress, ReqBody};
 use crate::table::{Registry, RouteEntry, RoutingTable, ServiceEntry, Snapshot};
+use crate::tls::{Tls, TlsConfig};
+use crate::{h3, headers};
 
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -44,6 +49,16 @@ pub struct GatewayConfig {
     pub workers: usize,
     /// One `berth::access` event per request (see `access_log.rs`).
     pub access_log: bool,
+    /// Certificates for the HTTPS and HTTP/3 listeners; required when `Listeners` has either.
+    pub tls: Option<TlsConfig>,
+}
+
+/// The sockets to serve on; any may be absent. HTTP/3 shares the HTTPS certificates.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    pub http: Option<TcpListener>,
+    pub https: Option<TcpListener>,
+    pub http3: Option<std::net::UdpSocket>,
 }
 
 impl Default for GatewayConfig {
@@ -62,6 +77,7 @@ impl Default for GatewayConfig {
             source: "external".to_owned(),
             workers: std::thread::available_parallelism().map(usize::from).unwrap_or(2),
             access_log: false,
+            tls: None,
         }
     }
 }
@@ -77,12 +93,15 @@ pub(crate) struct Shared {
     snapshot: RwLock<Arc<Snapshot>>,
     registry: Mutex<Registry>,
     metrics: Metrics,
+    tls: Option<Arc<Tls>>,
 }
 
 impl Gateway {
     pub fn new(config: GatewayConfig) -> Gateway {
+        let tls = config.tls.clone().map(|tls| Arc::new(Tls::new(tls)));
         Gateway {
             shared: Arc::new(Shared {
+                tls,
                 config,
                 snapshot: RwLock::new(Arc::new(Snapshot::empty())),
                 registry: Mutex::new(Registry::new()),
@@ -95,19 +114,66 @@ impl Gateway {
     pub fn update(&self, table: &RoutingTable) {
         let snapshot = lock(&self.shared.registry).compile(table, &self.shared.metrics);
         *self.shared.snapshot.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(snapshot);
+        if let Some(tls) = &self.shared.tls {
+            // New services get their certificates before clients learn of them; user files are re-read.
+            tls.update(table);
+        }
     }
 
-    /// Accepts connections until the returned future is dropped, and watches for stalled endpoints.
+    /// Accepts connections until the returned future is dropped, watches for stalled endpoints and, with
+    /// TLS, for changed certificate files. Fails at once when a listener cannot be used (an HTTPS or
+    /// HTTP/3 socket without `GatewayConfig::tls`, a QUIC endpoint that cannot start).
     ///
-    /// One thread per core, each with its own single-threaded runtime, accept loop (on the same socket)
-    /// and upstream connection pool: a request and its upstream exchange stay on one thread, with no
-    /// cross-thread wake-ups. Only the routing snapshot, endpoint state and metrics are shared.
-    pub async fn serve(&self, listener: TcpListener) -> std::io::Result<()> {
-        let listener = listener.into_std()?;
+    /// One thread per core, each with its own single-threaded runtime, accept loop (on the same sockets,
+    /// plain and TLS) and upstream connection pool: a request and its upstream exchange stay on one thread,
+    /// with no cross-thread wake-ups. Only the routing snapshot, endpoint state and metrics are shared.
+    /// HTTP/3 runs on one QUIC endpoint on the caller's runtime.
+    pub async fn serve(&self, listeners: Listeners) -> std::io::Result<()> {
+        let tls = match (&self.shared.tls, listeners.https.is_some() || listeners.http3.is_some()) {
+            (Some(tls), true) => {
+                tls.load();
+                Some(tls.clone())
+            }
+            (None, true) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "an HTTPS or HTTP/3 listener needs `GatewayConfig::tls` (user certificates and a directory \
+                     for self-signed ones)",
+                ));
+            }
+            (_, false) => None,
+        };
+        let port_of = |addr: std::io::Result<SocketAddr>| addr.map(|addr| addr.port());
+        let https_port = listeners.https.as_ref().map(|listener| port_of(listener.local_addr())).transpose()?;
+        let h3_port = listeners.http3.as_ref().map(|socket| port_of(socket.local_addr())).transpose()?;
+        let alt_svc = h3_port.map(headers::alt_svc);
+        let plain = Arc::new(Ingress { proto: "http", alt_svc: alt_svc.clone(), redirect_port: https_port });
+        let secure = Arc::new(Ingress { proto: "https", alt_svc, redirect_port: None });
+        let acceptor = match (&tls, listeners.https.is_some()) {
+            (Some(tls), true) => Some(TlsAcceptor::from(tls.tcp_config().map_err(std::io::Error::other)?)),
+            _ => None,
+        };
+        let http = listeners.http.map(TcpListener::into_std).transpose()?;
+        let https = listeners.https.map(TcpListener::into_std).transpose()?;
+        let quic = match (&tls, listeners.http3) {
+            (Some(tls), Some(socket)) => {
+                let config = tls.quic_config().map_err(std::io::Error::other)?;
+                let ingress = Arc::new(Ingress { proto: "https", alt_svc: None, redirect_port: None });
+                Some(h3::Server::start(self.shared.clone(), socket, config, ingress)?)
+            }
+            _ => None,
+        };
+
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let n_workers = self.shared.config.workers.max(1);
         for worker in 0..n_workers {
-            let listener = listener.try_clone()?;
+            let sockets = WorkerSockets {
+                http: http.as_ref().map(|listener| listener.try_clone()).transpose()?.map(|l| (l, plain.clone())),
+                https: match (&https, &acceptor) {
+                    (Some(listener), Some(acceptor)) => Some((listener.try_clone()?, acceptor.clone(), secure.clone())),
+                    _ => None,
+                },
+            };
             let shared = self.shared.clone();
             let stop_rx = stop_rx.clone();
             std::thread::Builder::new().name(format!("berth-gateway-{worker}")).spawn(move || {
@@ -115,13 +181,28 @@ impl Gateway {
                     Ok(runtime) => runtime,
                     Err(error) => return warn!(error = %error, "cannot start a gateway worker"),
                 };
-                runtime.block_on(worker_loop(shared, listener, stop_rx));
+                runtime.block_on(worker_loop(shared, sockets, stop_rx));
             })?;
         }
-        // Dropping this future (the daemon stopping the gateway) stops the workers.
+        // Dropping this future (the daemon stopping the gateway) stops the workers and the QUIC endpoint.
         let _stop_workers = StopOnDrop(stop_tx);
-        watch_stalls(self.shared.clone()).await;
-        Ok(())
+        let watch_certs = async {
+            match tls {
+                Some(tls) => tls.watch().await,
+                None => std::future::pending().await,
+            }
+        };
+        let serve_h3 = async {
+            match quic {
+                Some(quic) => quic.serve().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = watch_stalls(self.shared.clone()) => Ok(()),
+            () = watch_certs => Ok(()),
+            res = serve_h3 => res,
+        }
     }
 
     /// Waits until `instance` is out of the routing table and has no request in flight, or `timeout`.
@@ -221,35 +302,39 @@ async fn watch_stalls(shared: Arc<Shared>) {
     }
 }
 
+/// What one worker accepts on: the plain listener and the TLS one, each with what it tells requests.
+struct WorkerSockets {
+    http: Option<(std::net::TcpListener, Arc<Ingress>)>,
+    https: Option<(std::net::TcpListener, TlsAcceptor, Arc<Ingress>)>,
+}
+
+/// A worker's HTTP server settings, shared by its connections.
+struct Servers {
+    auto: auto::Builder<TokioExecutor>,
+    http1: hyper::server::conn::http1::Builder,
+    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    max_head: usize,
+}
+
 /// One gateway worker: accepts connections on its own runtime and serves them with its own client.
-async fn worker_loop(
-    shared: Arc<Shared>,
-    listener: std::net::TcpListener,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let listener = match TcpListener::from_std(listener) {
-        Ok(listener) => listener,
-        Err(error) => return warn!(error = %error, "gateway worker cannot listen"),
+async fn worker_loop(shared: Arc<Shared>, sockets: WorkerSockets, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let to_tokio = |listener: std::net::TcpListener| match TcpListener::from_std(listener) {
+        Ok(listener) => Some(listener),
+        Err(error) => {
+            warn!(error = %error, "gateway worker cannot listen");
+            None
+        }
     };
+    let http = sockets.http.and_then(|(listener, ingress)| Some((to_tokio(listener)?, ingress)));
+    let https = sockets.https.and_then(|(listener, acceptor, ingress)| Some((to_tokio(listener)?, acceptor, ingress)));
     let client = upstream_client(&shared.config);
-    // hyper's smallest read buffer is 8 KiB; the framing guard inspects every head hyper can accept.
-    let max_head = shared.config.max_header_bytes.max(8192);
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(shared.config.header_read_timeout)
-        .max_buf_size(max_head)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(shared.config.max_header_bytes as u32)
-        .max_concurrent_streams(256);
-    let builder = Arc::new(builder);
+    let servers = Arc::new(servers(&shared.config));
     loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
+        let (accepted, tls) = tokio::select! {
+            accepted = accept(http.as_ref().map(|(listener, _)| listener)) => (accepted, None),
+            accepted = accept(https.as_ref().map(|(listener, _, _)| listener)) => {
+                (accepted, https.as_ref().map(|(_, acceptor, ingress)| (acceptor.clone(), ingress.clone())))
+            }
             _ = stop.changed() => return,
         };
         let (stream, peer) = match accepted {
@@ -264,24 +349,103 @@ async fn worker_loop(
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let client = client.clone();
-        let builder = builder.clone();
-        tokio::spawn(async move {
-            // hyper's header-read timer only starts once a first byte has picked HTTP/1 over HTTP/2: a
-            // client that sends nothing would otherwise hold the connection forever.
-            let mut first_byte = [0u8; 1];
-            let peek = tokio::time::timeout(shared.config.header_read_timeout, stream.peek(&mut first_byte));
-            if peek.await.is_err() {
-                debug!(peer = %peer, "client sent nothing in time");
-                return;
+        let servers = servers.clone();
+        match tls {
+            None => {
+                let Some((_, ingress)) = &http else { continue };
+                tokio::spawn(serve_plain(shared, client, servers, ingress.clone(), stream, peer));
             }
-            let service =
-                hyper::service::service_fn(move |req| proxy::handle(shared.clone(), client.clone(), peer, req));
-            if let Err(error) =
-                builder.serve_connection_with_upgrades(TokioIo::new(FramingGuard::new(stream, max_head)), service).await
-            {
-                debug!(peer = %peer, error = %error, "client connection ended with an error");
+            Some((acceptor, ingress)) => {
+                tokio::spawn(serve_tls(shared, client, servers, ingress, acceptor, stream, peer));
             }
-        });
+        }
+    }
+}
+
+async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn servers(config: &GatewayConfig) -> Servers {
+    // hyper's smallest read buffer is 8 KiB; the framing guard inspects every head hyper can accept.
+    let max_head = config.max_header_bytes.max(8192);
+    let mut auto = auto::Builder::new(TokioExecutor::new());
+    auto.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .max_buf_size(max_head)
+        .keep_alive(true);
+    auto.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(config.max_header_bytes as u32)
+        .max_concurrent_streams(256);
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .max_buf_size(max_head)
+        .keep_alive(true);
+    let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    http2.timer(TokioTimer::new()).max_header_list_size(config.max_header_bytes as u32).max_concurrent_streams(256);
+    Servers { auto, http1, http2, max_head }
+}
+
+async fn serve_plain(
+    shared: Arc<Shared>,
+    client: UpstreamClient,
+    servers: Arc<Servers>,
+    ingress: Arc<Ingress>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    // hyper's header-read timer only starts once a first byte has picked HTTP/1 over HTTP/2: a client that
+    // sends nothing would otherwise hold the connection forever.
+    let mut first_byte = [0u8; 1];
+    let peek = tokio::time::timeout(shared.config.header_read_timeout, stream.peek(&mut first_byte));
+    if peek.await.is_err() {
+        debug!(peer = %peer, "client sent nothing in time");
+        return;
+    }
+    let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        proxy::handle(shared.clone(), client.clone(), ingress.clone(), peer, req.map(http_body_util::Either::Left))
+    });
+    let io = TokioIo::new(FramingGuard::new(stream, servers.max_head));
+    if let Err(error) = servers.auto.serve_connection_with_upgrades(io, service).await {
+        debug!(peer = %peer, error = %error, "client connection ended with an error");
+    }
+}
+
+/// A TLS connection: the handshake (bounded by the header timeout), then HTTP/2 or HTTP/1.1 as ALPN chose.
+async fn serve_tls(
+    shared: Arc<Shared>,
+    client: UpstreamClient,
+    servers: Arc<Servers>,
+    ingress: Arc<Ingress>,
+    acceptor: TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    let stream = match tokio::time::timeout(shared.config.header_read_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => return debug!(peer = %peer, error = %error, "TLS handshake failed"),
+        Err(_) => return debug!(peer = %peer, "TLS handshake not done in time"),
+    };
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        proxy::handle(shared.clone(), client.clone(), ingress.clone(), peer, req.map(http_body_util::Either::Left))
+    });
+    let io = TokioIo::new(FramingGuard::new(stream, servers.max_head));
+    // HTTP/1.1 alone here starts hyper's header-read timer at once, so a silent client is dropped in time.
+    let served = if h2 {
+        servers.http2.serve_connection(io, service).await
+    } else {
+        servers.http1.serve_connection(io, service).with_upgrades().await
+    };
+    if let Err(error) = served {
+        debug!(peer = %peer, error = %error, "client connection ended with an error");
     }
 }
 
@@ -292,7 +456,7 @@ pub(crate) struct UpstreamClient {
     pub(crate) h2c: Client<HttpConnector, ReqBody>,
 }
 
-fn upstream_client(config: &GatewayConfig) -> UpstreamClient {
+pub(crate) fn upstream_client(config: &GatewayConfig) -> UpstreamClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(Duration::from_secs(2)));

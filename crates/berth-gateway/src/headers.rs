@@ -1,5 +1,6 @@
 //! Header rewriting at the edge: hop-by-hop headers removed, `X-Forwarded-*`, `X-Request-Id` and W3C
 //! `traceparent` kept or created, and `X-Source` set to the calling side (never trusted from outside).
+//! Also what the edge itself says: `Alt-Svc` for HTTP/3 and the `Location` of an HTTPS redirect.
 
 use std::net::IpAddr;
 
@@ -58,6 +59,29 @@ pub(crate) fn rewrite_request(headers: &mut HeaderMap, forwarding: &Forwarding<'
         }
     }
     request_id
+}
+
+/// `Alt-Svc` advertising HTTP/3 on `port` (of the same host) for a day.
+pub(crate) fn alt_svc(port: u16) -> HeaderValue {
+    HeaderValue::try_from(format!("h3=\":{port}\"; ma=86400")).unwrap_or(HeaderValue::from_static("clear"))
+}
+
+/// Where a plain request goes on HTTPS: `https://<host>[:<port>]<path and query>`, the port left out when
+/// it is 443. `None` when the request names no usable host.
+pub(crate) fn https_location(host: Option<&str>, port: u16, uri: &http::Uri) -> Option<HeaderValue> {
+    let host = host?;
+    let name = match host.strip_prefix('[') {
+        Some(rest) => &host[..rest.find(']')? + 2],
+        None => host
+            .rsplit_once(':')
+            .map_or(host, |(name, port)| if port.bytes().all(|b| b.is_ascii_digit()) { name } else { host }),
+    };
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic() && !matches!(b, b'/' | b'?' | b'#' | b'@')) {
+        return None;
+    }
+    let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let location = if port == 443 { format!("https://{name}{path}") } else { format!("https://{name}:{port}{path}") };
+    HeaderValue::try_from(location).ok()
 }
 
 /// Removes hop-by-hop headers from an upstream response.
@@ -189,6 +213,21 @@ mod tests {
             assert!(!h.contains_key(gone), "{gone} kept");
         }
         assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn https_location_keeps_host_and_path_and_swaps_the_port() {
+        let check = |host: Option<&str>, port: u16, uri: &str, expected: Option<&str>| {
+            let uri: http::Uri = uri.parse().expect("test uri");
+            let got = https_location(host, port, &uri);
+            assert_eq!(got.as_ref().map(|v| v.to_str().expect("ascii")), expected, "{host:?} {port} {uri}");
+        };
+        check(Some("web.example:8080"), 8443, "/a/b?c=d", Some("https://web.example:8443/a/b?c=d"));
+        check(Some("web.example"), 443, "/", Some("https://web.example/"));
+        check(Some("[::1]:80"), 8443, "/x", Some("https://[::1]:8443/x"));
+        check(Some("evil.example/x"), 443, "/", None);
+        check(None, 443, "/", None);
+        assert_eq!(alt_svc(8443), "h3=\":8443\"; ma=86400");
     }
 
     #[test]

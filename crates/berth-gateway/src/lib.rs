@@ -2,6 +2,8 @@
 //! replicas it is handed, balances with power of two choices over a peak-EWMA latency cost, and hides
 //! replica failures with retries, a retry budget, outlier ejection and stall detection. Routes can limit
 //! request rates per key (header, source or client IP) and send chosen keys to dedicated replica pools.
+//! Serves plain HTTP, HTTPS (rustls, SNI, self-signed certificates where none is given) and HTTP/3
+//! (quinn + h3).
 //!
 //! The gateway never reads files or the spec: `berth-deploy` hands it `RoutingTable` values, and it swaps
 //! an immutable compiled snapshot per update.
@@ -13,13 +15,16 @@ mod endpoint;
 mod error;
 mod framing;
 mod gateway;
+mod h3;
 mod headers;
 pub mod metrics;
 mod proxy;
 mod ratelimit;
 mod table;
+mod tls;
 
-pub use gateway::{Gateway, GatewayConfig};
+pub use gateway::{Gateway, GatewayConfig, Listeners};
 pub use table::{
     CachePolicy, Rate, RateKey, RateLimitPolicy, RoutePolicy, RoutingTable, ServiceRoutes, Upstream, UpstreamProtocol,
 };
+pub use tls::{CertificateFiles, TlsConfig};

@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Version, header};
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use tracing::debug;
@@ -30,28 +31,51 @@ use crate::table::{RouteEntry, ServiceEntry, UpstreamProtocol};
 /// threshold, so a stalled endpoint's requests still move on at once).
 const EJECTION_WATCH_AFTER: std::time::Duration = std::time::Duration::from_millis(250);
 
-pub(crate) type ReqBody = Either<Full<Bytes>, Limited<Incoming>>;
+/// A client's request body: hyper's (HTTP/1.1 and HTTP/2), or any other stream (HTTP/3), boxed. The boxed
+/// error is a concrete type: with `Box<dyn Error>` there, rustc cannot prove the request future `Send`.
+pub(crate) type ClientBody = Either<Incoming, UnsyncBoxBody<Bytes, std::io::Error>>;
+pub(crate) type ReqBody = Either<Full<Bytes>, Limited<ClientBody>>;
 pub(crate) type ResBody = Either<Incoming, Full<Bytes>>;
+
+/// What a listener adds to the request path: the scheme clients used, and what it tells them.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Ingress {
+    /// `X-Forwarded-Proto`: `http` or `https`.
+    pub(crate) proto: &'static str,
+    /// `Alt-Svc` for every response (HTTP/3 is on and this is a TCP listener).
+    pub(crate) alt_svc: Option<HeaderValue>,
+    /// The HTTPS port that `redirect_https` services send plain requests to; `None`: no redirect.
+    pub(crate) redirect_port: Option<u16>,
+}
 
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     client: UpstreamClient,
+    ingress: Arc<Ingress>,
     peer: SocketAddr,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
 ) -> Result<Response<ResBody>, Infallible> {
     let started = Instant::now();
     let access = shared.config.access_log.then(|| AccessRequest::new(&req, peer));
     let snapshot = shared.snapshot();
     let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).or(req.uri().host());
     let Some(service) = snapshot.service_for(host).cloned() else {
-        let res = ProxyError::NoRoute.into_response();
+        let res = with_alt_svc(ProxyError::NoRoute.into_response(), &ingress);
         if let Some(access) = access {
             access.log(None, &res, started.elapsed());
         }
         return Ok(res);
     };
     let route = service.route_for(req.uri().path());
-    let res = handle_route(&shared, &client, &service, route, peer, req, started).await;
+    let location = match ingress.redirect_port {
+        Some(port) if service.redirect_https => headers::https_location(host, port, req.uri()),
+        _ => None,
+    };
+    let res = match location {
+        Some(location) => redirect_response(location),
+        None => handle_route(&shared, &client, &service, route, &ingress, peer, req, started).await,
+    };
+    let res = with_alt_svc(res, &ingress);
     if let Some(access) = access {
         access.log(Some(Destination { service: &service.name, route: &route.prefix }), &res, started.elapsed());
     }
@@ -59,13 +83,15 @@ pub(crate) async fn handle(
 }
 
 /// A request whose service and route are known: rate limit, then proxy.
+#[allow(clippy::too_many_arguments)]
 async fn handle_route(
     shared: &Shared,
     client: &UpstreamClient,
     service: &ServiceEntry,
     route: &RouteEntry,
+    ingress: &Ingress,
     peer: SocketAddr,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     started: Instant,
 ) -> Response<ResBody> {
     let in_flight = route.metrics.start(req.method());
@@ -76,7 +102,7 @@ async fn handle_route(
             return rejected.into_response();
         }
     };
-    let mut res = match proxy(shared, client, service, route, admission.groups(), peer, req, started).await {
+    let mut res = match proxy(shared, client, service, route, admission.groups(), ingress, peer, req, started).await {
         Ok(res) => res,
         Err(error) => {
             debug!(service = %service.name, error = %error, "request failed");
@@ -85,6 +111,21 @@ async fn handle_route(
     };
     admission.write_fields(res.headers_mut());
     in_flight.finish(res.status().as_u16());
+    res
+}
+
+fn with_alt_svc(mut res: Response<ResBody>, ingress: &Ingress) -> Response<ResBody> {
+    if let Some(alt_svc) = &ingress.alt_svc {
+        res.headers_mut().insert(header::ALT_SVC, alt_svc.clone());
+    }
+    res
+}
+
+/// `308 Permanent Redirect`: the method and body are kept on the way to HTTPS.
+fn redirect_response(location: HeaderValue) -> Response<ResBody> {
+    let mut res = Response::new(Either::Right(Full::default()));
+    *res.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    res.headers_mut().insert(header::LOCATION, location);
     res
 }
 
@@ -99,7 +140,7 @@ enum Attempted {
 /// A request body: buffered (replayable) or streamed (one attempt only).
 enum RequestBody {
     Buffered(Bytes),
-    Streaming(Option<Limited<Incoming>>),
+    Streaming(Option<Limited<ClientBody>>),
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -109,8 +150,9 @@ async fn proxy(
     service: &ServiceEntry,
     route: &RouteEntry,
     groups: Groups<'_>,
+    ingress: &Ingress,
     peer: SocketAddr,
-    mut req: Request<Incoming>,
+    mut req: Request<ClientBody>,
     started: Instant,
 ) -> Result<Response<ResBody>, ProxyError> {
     let deadline = started + route.timeout;
@@ -118,7 +160,7 @@ async fn proxy(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let idempotent = parts.method.is_idempotent();
-    let forwarding = Forwarding { client_ip: peer.ip(), proto: "http", source: &shared.config.source };
+    let forwarding = Forwarding { client_ip: peer.ip(), proto: ingress.proto, source: &shared.config.source };
     let request_id = headers::rewrite_request(&mut parts.headers, &forwarding, upgrade);
     if !parts.headers.contains_key(header::HOST) {
         // HTTP/2 carries the host in the URI's authority; HTTP/1.1 upstreams need the header.
@@ -262,7 +304,7 @@ async fn proxy(
 
 /// Buffers a small body (so a retry can replay it) or passes a large one through, bounded either way.
 async fn prepare_body(
-    body: Incoming,
+    body: ClientBody,
     headers: &http::HeaderMap,
     shared: &Shared,
     deadline: Instant,

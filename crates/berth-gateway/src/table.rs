@@ -32,6 +32,8 @@ pub struct ServiceRoutes {
     /// Groups (by `Upstream::group`) that are dedicated pools: they get only the requests a rate limit's
     /// `pools` sends them, never the service's general traffic.
     pub pools: Vec<String>,
+    /// On the plain HTTP listener, answer `308` to the same URL on HTTPS instead of serving.
+    pub redirect_https: bool,
 }
 
 /// The protocol spoken to a service's replicas.
@@ -140,6 +142,7 @@ pub(crate) struct ServiceEntry {
     routes: Vec<RouteEntry>,
     pub(crate) groups: Vec<Group>,
     pub(crate) budget: Arc<RetryBudget>,
+    pub(crate) redirect_https: bool,
 }
 
 pub(crate) struct Group {
@@ -264,7 +267,14 @@ impl Registry {
             }
         }
         let budget = self.budgets.entry(service.name.clone()).or_insert_with(|| Arc::new(RetryBudget::new())).clone();
-        ServiceEntry { name: service.name.clone(), protocol: service.protocol, routes, groups, budget }
+        ServiceEntry {
+            name: service.name.clone(),
+            protocol: service.protocol,
+            routes,
+            groups,
+            budget,
+            redirect_https: service.redirect_https,
+        }
     }
 }
 
@@ -378,6 +388,7 @@ mod tests {
                 endpoints,
                 protocol: UpstreamProtocol::Http1,
                 pools: Vec::new(),
+                redirect_https: false,
             }],
             default_service: None,
         };

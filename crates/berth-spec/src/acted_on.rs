@@ -9,10 +9,10 @@ use crate::model::Spec;
 
 /// Keys that are parsed and validated but that the platform does not act on yet, as dotted
 /// paths (`"routes"`, or a nested key such as `"deploy.watch"`). Everything else is acted on:
-/// `name`, `kind`, `replicas`, `size`, `run`, `build`, `health`, `env`, `domains`, `pools` and `routes` (path,
-/// timeouts and rate limits, by the gateway).
+/// `name`, `kind`, `replicas`, `size`, `run`, `build`, `health`, `env`, `domains`, `redirect_https`, `pools`
+/// and `routes` (path, timeouts and rate limits, by the gateway).
 pub const NOT_YET_ACTED_ON: &[&str] =
-    &["unit", "alerts", "redirect_https", "test", "dependencies", "routes.nfr", "routes.cache", "deploy", "autoscale"];
+    &["unit", "alerts", "test", "dependencies", "routes.nfr", "routes.cache", "deploy", "autoscale"];
 
 /// One note for each key in the file that the platform does not act on yet, in source order.
 ///
@@ -49,8 +49,20 @@ mod tests {
     use crate::explain::TABLE_KEYS;
 
     /// Top-level keys the platform acts on today; see [`NOT_YET_ACTED_ON`].
-    const ACTED_ON: &[&str] =
-        &["name", "kind", "replicas", "size", "run", "build", "health", "env", "domains", "routes", "pools"];
+    const ACTED_ON: &[&str] = &[
+        "name",
+        "kind",
+        "replicas",
+        "size",
+        "run",
+        "build",
+        "health",
+        "env",
+        "domains",
+        "redirect_https",
+        "routes",
+        "pools",
+    ];
 
     #[test]
     fn every_top_level_key_is_classified() {

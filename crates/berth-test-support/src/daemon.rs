@@ -30,7 +30,8 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Spawns `<bin> --state-dir <state_dir> up --api 127.0.0.1:0 --gateway 127.0.0.1:0 <service_dirs...>` with
+    /// Spawns `<bin> --state-dir <state_dir> up --api 127.0.0.1:0 --gateway 127.0.0.1:0 --https 127.0.0.1:0
+    /// <service_dirs...>` with
     /// `RUST_LOG=debug` and its output appended to `<state_dir>/daemon.out`, then waits (30s)
     /// until `daemon.json` names this process and `GET /healthz` on its API answers 200.
     ///
@@ -59,7 +60,7 @@ impl Daemon {
         let child = Command::new(bin)
             .arg("--state-dir")
             .arg(&state_dir)
-            .args(["up", "--api", "127.0.0.1:0", "--gateway", "127.0.0.1:0"])
+            .args(["up", "--api", "127.0.0.1:0", "--gateway", "127.0.0.1:0", "--https", "127.0.0.1:0"])
             .args(up_args)
             .args(service_dirs)
             .env("RUST_LOG", "debug")
@@ -102,14 +103,23 @@ impl Daemon {
 
     /// The gateway's address, as written to `daemon.json`.
     pub fn gateway_addr(&self) -> SocketAddr {
+        self.info_addr("gateway")
+    }
+
+    /// The gateway's HTTPS address (HTTP/3 on the same port over UDP), as written to `daemon.json`.
+    pub fn https_addr(&self) -> SocketAddr {
+        self.info_addr("https")
+    }
+
+    fn info_addr(&self, key: &str) -> SocketAddr {
         let text = fs::read_to_string(self.state_dir.join("daemon.json"))
             .unwrap_or_else(|error| panic!("daemon.json is unreadable: {error}"));
         let info: serde_json::Value =
             serde_json::from_str(&text).unwrap_or_else(|error| panic!("daemon.json is not JSON: {error}"));
-        info["gateway"]
+        info[key]
             .as_str()
             .and_then(|addr| addr.parse().ok())
-            .unwrap_or_else(|| panic!("daemon.json names no gateway: {text}"))
+            .unwrap_or_else(|| panic!("daemon.json names no {key} address: {text}"))
     }
 
     pub fn pid(&self) -> i32 {
@@ -214,7 +224,7 @@ mod tests {
         assert!(message.starts_with("berth daemon exited early"), "{message}");
         assert!(
             message.contains(&format!(
-                "fake berth got: --state-dir {} up --api 127.0.0.1:0 --gateway 127.0.0.1:0 {}",
+                "fake berth got: --state-dir {} up --api 127.0.0.1:0 --gateway 127.0.0.1:0 --https 127.0.0.1:0 {}",
                 canonical.display(),
                 service.display()
             )),

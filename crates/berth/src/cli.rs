@@ -35,7 +35,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Cmd::Start(target) => runtime()?.block_on(control::start(&state_dir, &target)),
         Cmd::Down(down) => runtime()?.block_on(control::down(&state_dir, &down)),
         Cmd::Gateway(gateway) => {
-            runtime()?.block_on(crate::daemon::run_gateway(gateway.listen, gateway.upstream))?;
+            runtime()?.block_on(crate::daemon::run_gateway(gateway))?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use berth_api::ApiState;
 use berth_api::wire::DaemonInfo;
 use berth_deploy::{LoadedService, Platform, Store};
-use berth_gateway::{Gateway, GatewayConfig};
+use berth_gateway::{CertificateFiles, Gateway, GatewayConfig, Listeners, TlsConfig};
 use berth_supervisor::{RestartBackoff, Supervisor, SupervisorConfig, logs::LogLimits};
 use tokio::sync::Notify;
 use tracing::{info, warn};
@@ -21,6 +21,10 @@ pub struct DaemonOptions {
     pub gateway: SocketAddr,
     /// Log every request the gateway answers (target `berth::access`).
     pub access_log: bool,
+    /// The HTTPS listener; `None`: plain HTTP only.
+    pub https: Option<SocketAddr>,
+    /// HTTP/3 on the HTTPS port (over UDP).
+    pub http3: bool,
     /// Services to deploy at startup, besides those stored from earlier runs.
     pub services: Vec<LoadedService>,
 }
@@ -30,7 +34,9 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
     let _lock = state_dir::lock(&state_dir)?;
     let token = state_dir::ensure_token(&state_dir)?;
 
-    let gateway = Gateway::new(GatewayConfig { access_log: options.access_log, ..GatewayConfig::default() });
+    // Services without a certificate of their own get a self-signed one, kept in the state dir.
+    let tls = options.https.map(|_| TlsConfig { certificates: Vec::new(), self_signed_dir: state_dir.join("certs") });
+    let gateway = Gateway::new(GatewayConfig { tls, access_log: options.access_log, ..GatewayConfig::default() });
     let drain_gateway = gateway.clone();
     let supervisor = Supervisor::start(SupervisorConfig {
         state_dir: state_dir.clone(),
@@ -49,6 +55,8 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
     let store = Store::open(&state_dir.join("state.redb"))?;
     let gateway_listener = bind(options.gateway, "the gateway", "--gateway").await?;
     let gateway_addr = gateway_listener.local_addr()?;
+    let secure = bind_secure(options.https, options.http3).await?;
+    let https_addr = secure.as_ref().map(|(https, _)| https.local_addr()).transpose()?;
     let platform = Arc::new(Platform::new(store, supervisor, gateway.clone()));
     for service in &options.services {
         platform.put(service)?;
@@ -62,7 +70,8 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
     let listener = bind(options.api, "the control API", "--api").await?;
     let api = listener.local_addr()?;
     let gateway_server = tokio::spawn(async move {
-        if let Err(error) = gateway.serve(gateway_listener).await {
+        let (https, http3) = secure.map_or((None, None), |(https, http3)| (Some(https), http3));
+        if let Err(error) = gateway.serve(Listeners { http: Some(gateway_listener), https, http3 }).await {
             warn!(error = %error, "gateway stopped");
         }
     });
@@ -73,9 +82,16 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
             warn!(error = %error, "control API stopped");
         }
     });
-    state_dir::write_info(&state_dir, &DaemonInfo { api, gateway: Some(gateway_addr), pid: std::process::id() })?;
+    let info = DaemonInfo { api, gateway: Some(gateway_addr), https: https_addr, pid: std::process::id() };
+    state_dir::write_info(&state_dir, &info)?;
     info!(api = %api, gateway = %gateway_addr, state_dir = %state_dir.display(), "daemon ready");
     eprintln!("berth: gateway on http://{gateway_addr} (http://<service>.localhost:{}/)", gateway_addr.port());
+    if let Some(https_addr) = https_addr {
+        eprintln!(
+            "berth: HTTPS on https://{https_addr} (self-signed certificates in {})",
+            state_dir.join("certs").display()
+        );
+    }
     eprintln!("berth: control API on {api}, state in {}", state_dir.display());
 
     wait_for_stop(&shutdown).await;
@@ -115,10 +131,39 @@ async fn bind(addr: SocketAddr, what: &str, flag: &str) -> anyhow::Result<tokio:
     })
 }
 
+/// The HTTPS listener and, with `http3`, a UDP socket on the same port.
+async fn bind_secure(
+    https: Option<SocketAddr>,
+    http3: bool,
+) -> anyhow::Result<Option<(tokio::net::TcpListener, Option<std::net::UdpSocket>)>> {
+    let Some(https) = https else { return Ok(None) };
+    let listener = bind(https, "HTTPS", "--https").await?;
+    if !http3 {
+        return Ok(Some((listener, None)));
+    }
+    let addr = listener.local_addr()?;
+    let udp = std::net::UdpSocket::bind(addr).map_err(|error| {
+        anyhow::Error::new(super::cli::error::UserError {
+            message: format!("cannot listen on UDP {addr} for HTTP/3: {error}"),
+            hint: Some("pass another --https address, or --no-http3 to serve HTTPS without HTTP/3".to_owned()),
+            code: 1,
+        })
+    })?;
+    Ok(Some((listener, Some(udp))))
+}
+
 /// `berth gateway`: the gateway alone in front of fixed upstreams (for benchmarks and trials).
-pub async fn run_gateway(listen: SocketAddr, upstreams: Vec<SocketAddr>) -> anyhow::Result<()> {
+pub async fn run_gateway(args: crate::cli::args::GatewayArgs) -> anyhow::Result<()> {
     use berth_gateway::{RoutingTable, ServiceRoutes, Upstream};
-    let gateway = Gateway::new(GatewayConfig::default());
+    let upstreams = args.upstream;
+    let tls = args.https.map(|_| TlsConfig {
+        certificates: match (args.cert, args.key) {
+            (Some(cert), Some(key)) => vec![CertificateFiles { cert, key }],
+            _ => Vec::new(),
+        },
+        self_signed_dir: std::env::temp_dir().join(format!("berth-gateway-{}-certs", std::process::id())),
+    });
+    let gateway = Gateway::new(GatewayConfig { tls, ..GatewayConfig::default() });
     let endpoints = upstreams
         .iter()
         .enumerate()
@@ -137,13 +182,18 @@ pub async fn run_gateway(listen: SocketAddr, upstreams: Vec<SocketAddr>) -> anyh
             endpoints,
             protocol: Default::default(),
             pools: Vec::new(),
+            redirect_https: false,
         }],
         default_service: Some("upstream".into()),
     });
-    let listener = bind(listen, "the gateway", "--listen").await?;
+    let listener = bind(args.listen, "the gateway", "--listen").await?;
     eprintln!("berth: gateway on http://{} -> {upstreams:?}", listener.local_addr()?);
+    let (https, http3) = bind_secure(args.https, !args.no_http3).await?.map_or((None, None), |(l, u)| (Some(l), u));
+    if let Some(https) = &https {
+        eprintln!("berth: gateway on https://{}", https.local_addr()?);
+    }
     tokio::select! {
-        res = gateway.serve(listener) => res?,
+        res = gateway.serve(Listeners { http: Some(listener), https, http3 }) => res?,
         _ = tokio::signal::ctrl_c() => {}
     }
     Ok(())

@@ -110,6 +110,7 @@ impl Fixture {
             endpoints: vec![upstream.grouped()],
             protocol: Default::default(),
             pools: Vec::new(),
+            redirect_https: false,
         };
         gw.gateway.update(&RoutingTable {
             services: vec![service("web", &target), service("good", &good)],

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use berth_gateway::{Gateway, GatewayConfig, RoutePolicy, RoutingTable, ServiceRoutes, Upstream};
+use berth_gateway::{Gateway, GatewayConfig, Listeners, RoutePolicy, RoutingTable, ServiceRoutes, Upstream};
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -116,7 +116,10 @@ impl MockUpstream {
 /// A gateway serving on 127.0.0.1:0; stops when dropped.
 pub struct TestGateway {
     pub gateway: Gateway,
+    /// Plain HTTP.
     pub addr: SocketAddr,
+    /// HTTPS over TCP and HTTP/3 over UDP, on the same port (`start_secure` only).
+    pub https_addr: Option<SocketAddr>,
     _serve: AbortOnDrop,
 }
 
@@ -128,9 +131,32 @@ impl TestGateway {
         let serving = gateway.clone();
         // The listener is bound: connections wait in its backlog until the gateway accepts them.
         let serve = tokio::spawn(async move {
-            let _ = serving.serve(listener).await;
+            let _ = serving.serve(Listeners { http: Some(listener), ..Listeners::default() }).await;
         });
-        TestGateway { gateway, addr, _serve: AbortOnDrop(serve) }
+        TestGateway { gateway, addr, https_addr: None, _serve: AbortOnDrop(serve) }
+    }
+
+    /// Plain HTTP, HTTPS and HTTP/3 (the last two on one port number); `config.tls` must be set. The
+    /// table is applied before the listeners open, so its certificates are ready for the first client.
+    pub async fn start_secure(config: GatewayConfig, table: &RoutingTable) -> TestGateway {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
+        let addr = listener.local_addr().expect("bound listener has an address");
+        let (https, udp) = bind_tcp_and_udp().await;
+        let https_addr = https.local_addr().expect("bound listener has an address");
+        let gateway = Gateway::new(config);
+        gateway.update(table);
+        let serving = gateway.clone();
+        let serve = tokio::spawn(async move {
+            let listeners = Listeners { http: Some(listener), https: Some(https), http3: Some(udp) };
+            if let Err(error) = serving.serve(listeners).await {
+                panic!("the gateway cannot serve: {error}");
+            }
+        });
+        TestGateway { gateway, addr, https_addr: Some(https_addr), _serve: AbortOnDrop(serve) }
+    }
+
+    pub fn https_addr(&self) -> SocketAddr {
+        self.https_addr.expect("the gateway was started with `start_secure`")
     }
 
     /// Renders the metrics and sums the samples whose name and labels start with `prefix`.
@@ -174,9 +200,22 @@ pub fn table_with_routes(endpoints: Vec<Upstream>, routes: Vec<RoutePolicy>) -> 
             endpoints,
             protocol: Default::default(),
             pools: Vec::new(),
+            redirect_https: false,
         }],
         default_service: Some("web".to_owned()),
     }
+}
+
+/// A TCP listener and a UDP socket on the same loopback port number (retried while the UDP port is taken).
+pub async fn bind_tcp_and_udp() -> (TcpListener, std::net::UdpSocket) {
+    for _ in 0..20 {
+        let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
+        let addr = tcp.local_addr().expect("bound listener has an address");
+        if let Ok(udp) = std::net::UdpSocket::bind(addr) {
+            return (tcp, udp);
+        }
+    }
+    panic!("no loopback port was free for both TCP and UDP in 20 tries");
 }
 
 /// An address nothing listens on: bound, then released.

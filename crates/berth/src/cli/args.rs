@@ -62,6 +62,36 @@ pub struct GatewayArgs {
     /// Upstream address; repeat for several
     #[arg(long, required = true)]
     pub upstream: Vec<SocketAddr>,
+    /// Also serve HTTPS (and HTTP/3 on the same port over UDP) on this address
+    #[arg(long)]
+    pub https: Option<SocketAddr>,
+    /// PEM certificate chain for --https [default: a self-signed certificate]
+    #[arg(long, requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of --cert
+    #[arg(long, requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// With --https: no HTTP/3 listener
+    #[arg(long)]
+    pub no_http3: bool,
+}
+
+/// A listen address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptionalAddr(pub Option<SocketAddr>);
+
+impl std::str::FromStr for OptionalAddr {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        if value == "off" {
+            return Ok(OptionalAddr(None));
+        }
+        value
+            .parse()
+            .map(|addr| OptionalAddr(Some(addr)))
+            .map_err(|_| format!("`{value}` is neither an address like 127.0.0.1:8443 nor `off`"))
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -96,6 +126,12 @@ pub struct UpArgs {
     /// Address of the gateway, the front door of every service
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub gateway: SocketAddr,
+    /// Address of the gateway's HTTPS listener (HTTP/3 uses the same port over UDP), or `off`
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    pub https: OptionalAddr,
+    /// No HTTP/3 listener (QUIC over UDP on the HTTPS port)
+    #[arg(long)]
+    pub no_http3: bool,
     /// Do not run the services' [build] commands first
     #[arg(long)]
     pub no_build: bool,

@@ -38,6 +38,8 @@ pub fn up(state_dir: &Path, args: UpArgs, runtime: tokio::runtime::Runtime) -> a
         api: args.api,
         gateway: args.gateway,
         access_log: args.access_log,
+        https: args.https.0,
+        http3: !args.no_http3,
         services,
     }))?;
     Ok(ExitCode::SUCCESS)

@@ -7,3 +7,4 @@ mod healing;
 mod partners;
 mod restart;
 mod support;
+mod tls;
