@@ -7,6 +7,7 @@
 
 mod balance;
 mod budget;
+mod cache;
 mod endpoint;
 mod error;
 mod framing;

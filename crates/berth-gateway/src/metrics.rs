@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 pub struct Metrics {
     routes: Mutex<BTreeMap<(String, String), Arc<RouteMetrics>>>,
     ejections: Mutex<BTreeMap<String, [u64; EJECT_REASONS.len()]>>,
+    /// The response cache's counters (rendered only once a cached route exists).
+    pub(crate) cache: Arc<crate::cache::CacheMetrics>,
 }
 
 /// Why outlier detection ejected a replica of a service.
@@ -112,6 +114,7 @@ impl Metrics {
         let ejections = lock(&self.ejections).clone();
         // Writing into a `String` cannot fail.
         let _ = render_families(out, &routes, &ejections);
+        let _ = self.cache.render(out);
     }
 }
 
@@ -314,13 +317,13 @@ fn render_families(
     Ok(())
 }
 
-fn family(out: &mut String, name: &str, kind: &str, help: &str) -> fmt::Result {
+pub(crate) fn family(out: &mut String, name: &str, kind: &str, help: &str) -> fmt::Result {
     writeln!(out, "# HELP {name} {help}")?;
     writeln!(out, "# TYPE {name} {kind}")
 }
 
 /// Writes `name{label="value",...} value` with the label values escaped.
-fn sample(
+pub(crate) fn sample(
     out: &mut String,
     name: &str,
     suffix: &str,

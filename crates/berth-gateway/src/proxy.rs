@@ -29,7 +29,8 @@ use crate::table::{RouteEntry, ServiceEntry, UpstreamProtocol};
 const EJECTION_WATCH_AFTER: std::time::Duration = std::time::Duration::from_millis(250);
 
 pub(crate) type ReqBody = Either<Full<Bytes>, Limited<Incoming>>;
-pub(crate) type ResBody = Either<Incoming, Full<Bytes>>;
+/// A replica's body as it comes (or, from the cache, what was read of it then the rest), or one in memory.
+pub(crate) type ResBody = Either<Either<Incoming, crate::cache::Spliced>, Full<Bytes>>;
 
 pub(crate) async fn handle(
     shared: Arc<Shared>,
@@ -45,7 +46,11 @@ pub(crate) async fn handle(
     };
     let route = service.route_for(req.uri().path());
     let in_flight = route.metrics.start(req.method());
-    let res = match proxy(&shared, &client, &service, route, peer, req, started).await {
+    let res = match &route.cache {
+        Some(cached) => Ok(crate::cache::serve(&shared, &client, &service, route, cached, peer, req, started).await),
+        None => proxy(&shared, &client, &service, route, peer, req.map(Some), started).await,
+    };
+    let res = match res {
         Ok(res) => res,
         Err(error) => {
             debug!(service = %service.name, error = %error, "request failed");
@@ -70,14 +75,15 @@ enum RequestBody {
     Streaming(Option<Limited<Incoming>>),
 }
 
+/// Sends `req` to a replica of `service`; a request without a body (`None`) is a cache refresh.
 #[allow(clippy::too_many_arguments)]
-async fn proxy(
+pub(crate) async fn proxy(
     shared: &Shared,
     client: &UpstreamClient,
     service: &ServiceEntry,
     route: &RouteEntry,
     peer: SocketAddr,
-    mut req: Request<Incoming>,
+    mut req: Request<Option<Incoming>>,
     started: Instant,
 ) -> Result<Response<ResBody>, ProxyError> {
     let deadline = started + route.timeout;
@@ -93,7 +99,10 @@ async fn proxy(
             parts.headers.insert(header::HOST, authority);
         }
     }
-    let mut body = prepare_body(body, &parts.headers, shared, deadline).await?;
+    let mut body = match body {
+        Some(body) => prepare_body(body, &parts.headers, shared, deadline).await?,
+        None => RequestBody::Buffered(Bytes::new()),
+    };
     let replayable = matches!(body, RequestBody::Buffered(_));
     service.budget.deposit();
 
@@ -265,7 +274,7 @@ fn respond(
     }
     headers::rewrite_response(res.headers_mut(), switching);
     res.headers_mut().insert(X_REQUEST_ID, request_id);
-    res.map(Either::Left)
+    res.map(|body| Either::Left(Either::Left(body)))
 }
 
 /// Copies bytes both ways between an upgraded client connection and the replica (WebSocket and the like).

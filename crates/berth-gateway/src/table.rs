@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::budget::RetryBudget;
+use crate::cache::RouteCache;
 use crate::endpoint::EndpointState;
 use crate::metrics::{Metrics, RouteMetrics};
 
@@ -151,6 +152,7 @@ pub(crate) struct RouteEntry {
     pub(crate) timeout: Duration,
     pub(crate) per_try_timeout: Option<Duration>,
     pub(crate) metrics: Arc<RouteMetrics>,
+    pub(crate) cache: Option<RouteCache>,
 }
 
 /// State that outlives snapshots: endpoints (by instance id) and retry budgets (by service).
@@ -200,6 +202,10 @@ impl Registry {
                 timeout: route.timeout,
                 per_try_timeout: route.per_try_timeout,
                 metrics: metrics.route(&service.name, &route.prefix),
+                cache: route
+                    .cache
+                    .clone()
+                    .map(|policy| RouteCache { policy, metrics: metrics.cache.route(&service.name, &route.prefix) }),
             })
             .collect();
         // A declared `/` wins over the implicit catch-all, which is last among equals.
@@ -278,7 +284,7 @@ impl ServiceEntry {
     }
 }
 
-fn prefix_matches(prefix: &str, path: &str) -> bool {
+pub(crate) fn prefix_matches(prefix: &str, path: &str) -> bool {
     if prefix == "/" {
         return true;
     }
@@ -287,7 +293,7 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 }
 
 /// Lowercase, without port and trailing dot; `[::1]:80` keeps its brackets.
-fn normalize_host(host: &str) -> String {
+pub(crate) fn normalize_host(host: &str) -> String {
     let without_port = if host.starts_with('[') {
         host.split_inclusive(']').next().unwrap_or(host)
     } else {
