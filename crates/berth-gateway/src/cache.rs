@@ -122,7 +122,7 @@ enum Usable {
 }
 
 enum Role {
-    Lead(Lead),
+    Lead(Box<Lead>),
     Wait(Arc<Flight>),
 }
 
@@ -262,7 +262,7 @@ impl Cache {
             generation: self.generation.load(Ordering::SeqCst),
         });
         flights.insert(key.clone(), flight.clone());
-        Role::Lead(Lead { cache: self.clone(), key, flight, finished: false })
+        Role::Lead(Box::new(Lead { cache: self.clone(), key, flight, finished: false }))
     }
 
     /// Starts a background refresh of `key` on this worker's runtime, unless a fetch of it is under way.
@@ -338,7 +338,7 @@ async fn fetch(
     peer: SocketAddr,
     req: Request<Option<Incoming>>,
     started: Instant,
-    lead: Lead,
+    lead: Box<Lead>,
 ) -> Result<(Response<ResBody>, Option<Arc<Stored>>), ProxyError> {
     let request_headers = req.headers().clone();
     let has_authorization = request_headers.contains_key(header::AUTHORIZATION);

@@ -37,7 +37,11 @@ pub(crate) async fn buffer(mut body: Incoming, limit: usize, deadline: Instant) 
         let frame = match tokio::time::timeout_at(deadline.into(), body.frame()).await {
             Ok(frame) => frame,
             Err(_) => {
-                return Ok(Buffered::Partial(Spliced { prefix: Some(read.freeze()), rest: Some(body), trailers: None }));
+                return Ok(Buffered::Partial(Spliced {
+                    prefix: Some(read.freeze()),
+                    rest: Some(body),
+                    trailers: None,
+                }));
             }
         };
         let Some(frame) = frame.transpose()? else { return Ok(Buffered::Complete(read.freeze())) };

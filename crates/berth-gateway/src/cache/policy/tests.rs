@@ -62,7 +62,8 @@ fn only_cacheable_statuses_are_stored() {
 
 #[test]
 fn private_responses_are_stored_only_when_the_route_opts_in() {
-    let cases: [(&[(&str, &str)], bool, NotStored); 5] = [
+    type Case = (&'static [(&'static str, &'static str)], bool, NotStored);
+    let cases: [Case; 5] = [
         (&[("cache-control", "no-store")], false, NotStored::NoStore),
         (&[("cache-control", "private")], false, NotStored::Private),
         (&[("cache-control", "private=\"x-user\", max-age=5")], false, NotStored::Private),
