@@ -9,8 +9,8 @@ use crate::model::Spec;
 
 /// Keys that are parsed and validated but that the platform does not act on yet, as dotted
 /// paths (`"routes"`, or a nested key such as `"deploy.watch"`). Everything else is acted on:
-/// `name`, `kind`, `replicas`, `size`, `run`, `build`, `health`, `env`, `domains` and `routes` (path and
-/// timeouts, by the gateway).
+/// `name`, `kind`, `replicas`, `size`, `run`, `build`, `health`, `env`, `domains` and `routes` (path,
+/// timeouts and `cache`, by the gateway).
 pub const NOT_YET_ACTED_ON: &[&str] = &[
     "unit",
     "alerts",
@@ -18,7 +18,6 @@ pub const NOT_YET_ACTED_ON: &[&str] = &[
     "test",
     "dependencies",
     "routes.nfr",
-    "routes.cache",
     "routes.rate_limit",
     "deploy",
     "autoscale",
@@ -81,7 +80,7 @@ mod tests {
 
     #[test]
     fn one_note_per_outermost_key_in_source_order() {
-        let source = "name = \"x\"\nunit = \"team\"\n[run]\ncommand = \"./x\"\n[[routes]]\npath = \"/a\"\ncache = { max_age = \"1s\" }\n[[routes]]\npath = \"/b\"\n[deploy]\nwatch = \"1m\"\n";
+        let source = "name = \"x\"\nunit = \"team\"\n[run]\ncommand = \"./x\"\n[[routes]]\npath = \"/a\"\nnfr = { p90 = \"400ms\" }\n[[routes]]\npath = \"/b\"\n[deploy]\nwatch = \"1m\"\n";
         let spec = crate::parse("app.toml", source).expect("the test spec is valid");
         let notes = not_yet_acted_on(&spec);
         let shown: Vec<(&str, usize, usize)> =
@@ -90,7 +89,7 @@ mod tests {
             shown,
             [
                 ("`unit` is parsed but not acted on yet", 2, 1),
-                ("`routes.cache` is parsed but not acted on yet", 7, 1),
+                ("`routes.nfr` is parsed but not acted on yet", 7, 1),
                 ("`[deploy]` is parsed but not acted on yet", 10, 1),
             ]
         );
