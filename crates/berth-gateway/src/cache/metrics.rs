@@ -169,4 +169,46 @@ berth_gateway_cache_entries{service="web"} 1
 "#;
         assert_eq!(out, expected);
     }
+
+    #[test]
+    fn the_gateways_whole_exposition_with_a_cached_route_passes_promtool() {
+        use std::io::Write as _;
+        use std::process::{Command, Stdio};
+
+        let metrics = crate::metrics::Metrics::new();
+        metrics.route("web", "/").start(&http::Method::GET).finish(200);
+        let route = metrics.cache.route("we\"b", "/a\\b");
+        route.lookup(Lookup::Miss);
+        route.stored();
+        metrics.cache.added("we\"b", 2048, true);
+        metrics.cache.removed("we\"b", 2048, true, true);
+        let mut out = String::new();
+        metrics.render(&mut out);
+        assert!(
+            out.contains("berth_gateway_cache_lookups_total{service=\"we\\\"b\",route=\"/a\\\\b\",result=\"miss\"} 1"),
+            "{out}"
+        );
+        let mut child = match Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+        {
+            Ok(child) => child,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                println!("skipped: `promtool check metrics` (promtool is not on PATH; CI installs it)");
+                return;
+            }
+            Err(error) => panic!("failed to start promtool: {error}"),
+        };
+        child.stdin.take().expect("stdin was piped").write_all(out.as_bytes()).expect("promtool reads all of stdin");
+        let output = child.wait_with_output().expect("promtool runs to completion");
+        let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success() && stdout.trim().is_empty() && stderr.trim().is_empty(),
+            "promtool check metrics: {}\nstdout: {stdout}\nstderr: {stderr}\ninput:\n{out}",
+            output.status,
+        );
+    }
 }
