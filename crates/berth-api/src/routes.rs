@@ -14,7 +14,7 @@ use bytes::Bytes;
 use tokio::sync::{Notify, broadcast, mpsc};
 
 use crate::body::ChannelBody;
-use crate::wire::{ErrorBody, LogsQuery, ScaleRequest, ServiceView};
+use crate::wire::{CachePurgeRequest, CachePurgeView, ErrorBody, LogsQuery, ScaleRequest, ServiceView};
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -39,6 +39,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/services/{name}/stop", post(stop))
         .route("/services/{name}/start", post(start))
         .route("/services/{name}/logs", get(logs))
+        .route("/services/{name}/cache/purge", post(purge_cache))
         .route("/shutdown", post(shutdown))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
@@ -51,6 +52,11 @@ pub fn router(state: ApiState) -> Router {
 enum ApiError {
     Unauthorized,
     UnknownService(String),
+    /// A request the API understood but will not act on: what is wrong, and what to send instead.
+    Invalid {
+        error: String,
+        hint: String,
+    },
     Internal(String),
 }
 
@@ -67,6 +73,7 @@ impl IntoResponse for ApiError {
                 format!("no service named `{name}`"),
                 Some("`berth ps` lists the services".to_owned()),
             ),
+            ApiError::Invalid { error, hint } => (StatusCode::UNPROCESSABLE_ENTITY, error, Some(hint)),
             ApiError::Internal(error) => (StatusCode::INTERNAL_SERVER_ERROR, error, None),
         };
         (status, Json(ErrorBody { error, hint })).into_response()
@@ -137,6 +144,23 @@ async fn stop(State(state): State<ApiState>, Path(name): Path<String>) -> Result
 async fn start(State(state): State<ApiState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
     state.platform.start(&name)?;
     Ok(StatusCode::ACCEPTED)
+}
+
+/// Removes the service's cached responses (those under `path`, if given) from the gateway's cache.
+async fn purge_cache(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    req: Option<Json<CachePurgeRequest>>,
+) -> Result<Json<CachePurgeView>, ApiError> {
+    let path = req.and_then(|Json(req)| req.path);
+    if let Some(path) = path.as_deref().filter(|path| !path.starts_with('/')) {
+        return Err(ApiError::Invalid {
+            error: format!("cache purge path `{path}` does not start with `/`"),
+            hint: "give a path prefix such as `/api`, or none to purge every cached response".to_owned(),
+        });
+    }
+    let purged = state.platform.purge_cache(&name, path.as_deref())?;
+    Ok(Json(CachePurgeView { service: name, path, purged }))
 }
 
 async fn shutdown(State(state): State<ApiState>) -> StatusCode {

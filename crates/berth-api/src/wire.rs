@@ -47,6 +47,23 @@ pub struct ScaleRequest {
     pub replicas: u32,
 }
 
+/// Body of `POST /v1/services/{name}/cache/purge`; without a body (or `path`) every cached response goes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CachePurgeRequest {
+    /// Purge only paths under this prefix (segment boundary: `/a` covers `/a`, `/a/b`, `/a?x`).
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+/// Answer of a cache purge.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CachePurgeView {
+    pub service: String,
+    pub path: Option<String>,
+    /// Cached responses removed.
+    pub purged: usize,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: String,

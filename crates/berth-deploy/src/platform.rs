@@ -113,6 +113,15 @@ impl Platform {
         Ok(())
     }
 
+    /// Removes `name`'s responses from the gateway's cache (only those under `path_prefix`, if given).
+    /// Returns how many were removed.
+    pub fn purge_cache(&self, name: &str, path_prefix: Option<&str>) -> Result<usize, PlatformError> {
+        self.desired(name)?;
+        let purged = self.gateway.purge_cache(name, path_prefix);
+        info!(service = %name, path = path_prefix.unwrap_or("/"), purged, "cache purged");
+        Ok(purged)
+    }
+
     pub async fn status(&self) -> Vec<ServiceStatus> {
         self.supervisor.status().await
     }

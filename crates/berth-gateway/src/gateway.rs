@@ -14,6 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
+use crate::cache::Cache;
 use crate::endpoint::EndpointState;
 use crate::framing::FramingGuard;
 use crate::metrics::{EjectReason, Metrics, RetryReason};
@@ -47,6 +48,10 @@ pub struct GatewayConfig {
     pub source: String,
     /// Worker threads, each with its own runtime and upstream pool.
     pub workers: usize,
+    /// Bound on the response cache's memory (bodies, headers, keys), shared by every service.
+    pub cache_max_bytes: u64,
+    /// A response body larger than this is never stored; it streams through.
+    pub cache_max_entry_bytes: usize,
     /// One `berth::access` event per request (see `access_log.rs`).
     pub access_log: bool,
     /// Certificates for the HTTPS and HTTP/3 listeners; required when `Listeners` has either.
@@ -78,6 +83,8 @@ impl Default for GatewayConfig {
             workers: std::thread::available_parallelism().map(usize::from).unwrap_or(2),
             access_log: false,
             tls: None,
+            cache_max_bytes: 64 * 1024 * 1024,
+            cache_max_entry_bytes: 1024 * 1024,
         }
     }
 }
@@ -92,20 +99,24 @@ pub(crate) struct Shared {
     pub(crate) config: GatewayConfig,
     snapshot: RwLock<Arc<Snapshot>>,
     registry: Mutex<Registry>,
-    metrics: Metrics,
+    pub(crate) metrics: Metrics,
+    pub(crate) cache: Cache,
     tls: Option<Arc<Tls>>,
 }
 
 impl Gateway {
     pub fn new(config: GatewayConfig) -> Gateway {
         let tls = config.tls.clone().map(|tls| Arc::new(Tls::new(tls)));
+        let metrics = Metrics::new();
+        let cache = Cache::new(config.cache_max_bytes, config.cache_max_entry_bytes, metrics.cache.clone());
         Gateway {
             shared: Arc::new(Shared {
                 tls,
                 config,
                 snapshot: RwLock::new(Arc::new(Snapshot::empty())),
                 registry: Mutex::new(Registry::new()),
-                metrics: Metrics::new(),
+                metrics,
+                cache,
             }),
         }
     }
@@ -225,6 +236,12 @@ impl Gateway {
     /// Prometheus text exposition of the gateway's metrics.
     pub fn render_metrics(&self, out: &mut String) {
         self.shared.metrics.render(out);
+    }
+
+    /// Removes the cached responses of `service`, all of them or those whose path falls under `path_prefix`
+    /// (on a segment boundary: `/a` covers `/a`, `/a/b` and `/a?x`). Returns how many were removed.
+    pub fn purge_cache(&self, service: &str, path_prefix: Option<&str>) -> usize {
+        self.shared.cache.purge(service, path_prefix)
     }
 
     /// Whether outlier detection has ejected the endpoint of `instance` right now (for tests and status).

@@ -114,6 +114,14 @@ fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
+/// The request id of an answer the gateway gives itself (a cache hit): the client's if sane, else a new one.
+pub(crate) fn request_id(headers: &HeaderMap) -> HeaderValue {
+    match headers.get(&X_REQUEST_ID) {
+        Some(id) if is_sane_id(id) => id.clone(),
+        _ => HeaderValue::try_from(random_hex(16)).unwrap_or(HeaderValue::from_static("0")),
+    }
+}
+
 pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
         && headers

@@ -11,6 +11,7 @@
 mod access_log;
 mod balance;
 mod budget;
+mod cache;
 mod endpoint;
 mod error;
 mod framing;

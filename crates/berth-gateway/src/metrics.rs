@@ -28,6 +28,8 @@ pub struct Metrics {
     routes: Mutex<BTreeMap<(String, String), Arc<RouteMetrics>>>,
     ejections: Mutex<BTreeMap<String, [u64; EJECT_REASONS.len()]>>,
     rate_limits: rate_limit::RateLimitRegistry,
+    /// The response cache's counters (rendered only once a cached route exists).
+    pub(crate) cache: Arc<crate::cache::CacheMetrics>,
 }
 
 /// Why outlier detection ejected a replica of a service.
@@ -118,6 +120,7 @@ impl Metrics {
         // Writing into a `String` cannot fail.
         let _ = render_families(out, &routes, &ejections);
         let _ = self.rate_limits.render(out);
+        let _ = self.cache.render(out);
     }
 }
 
@@ -320,13 +323,13 @@ fn render_families(
     Ok(())
 }
 
-fn family(out: &mut String, name: &str, kind: &str, help: &str) -> fmt::Result {
+pub(crate) fn family(out: &mut String, name: &str, kind: &str, help: &str) -> fmt::Result {
     writeln!(out, "# HELP {name} {help}")?;
     writeln!(out, "# TYPE {name} {kind}")
 }
 
 /// Writes `name{label="value",...} value` with the label values escaped.
-fn sample(
+pub(crate) fn sample(
     out: &mut String,
     name: &str,
     suffix: &str,

@@ -35,7 +35,8 @@ const EJECTION_WATCH_AFTER: std::time::Duration = std::time::Duration::from_mill
 /// error is a concrete type: with `Box<dyn Error>` there, rustc cannot prove the request future `Send`.
 pub(crate) type ClientBody = Either<Incoming, UnsyncBoxBody<Bytes, std::io::Error>>;
 pub(crate) type ReqBody = Either<Full<Bytes>, Limited<ClientBody>>;
-pub(crate) type ResBody = Either<Incoming, Full<Bytes>>;
+/// A replica's body as it comes (or, from the cache, what was read of it then the rest), or one in memory.
+pub(crate) type ResBody = Either<Either<Incoming, crate::cache::Spliced>, Full<Bytes>>;
 
 /// What a listener adds to the request path: the scheme clients used, and what it tells them.
 #[derive(Debug, Clone, Default)]
@@ -85,11 +86,11 @@ pub(crate) async fn handle(
 /// A request whose service and route are known: rate limit, then proxy.
 #[allow(clippy::too_many_arguments)]
 async fn handle_route(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     client: &UpstreamClient,
-    service: &ServiceEntry,
+    service: &Arc<ServiceEntry>,
     route: &RouteEntry,
-    ingress: &Ingress,
+    ingress: &Arc<Ingress>,
     peer: SocketAddr,
     req: Request<ClientBody>,
     started: Instant,
@@ -102,7 +103,14 @@ async fn handle_route(
             return rejected.into_response();
         }
     };
-    let mut res = match proxy(shared, client, service, route, admission.groups(), ingress, peer, req, started).await {
+    let groups = admission.groups();
+    let res = match &route.cache {
+        Some(cached) => {
+            Ok(crate::cache::serve(shared, client, service, route, cached, groups, ingress, peer, req, started).await)
+        }
+        None => proxy(shared, client, service, route, groups, ingress, peer, req.map(Some), started).await,
+    };
+    let mut res = match res {
         Ok(res) => res,
         Err(error) => {
             debug!(service = %service.name, error = %error, "request failed");
@@ -143,8 +151,9 @@ enum RequestBody {
     Streaming(Option<Limited<ClientBody>>),
 }
 
+/// Sends `req` to a replica of `service`; a request without a body (`None`) is a cache refresh.
 #[allow(clippy::too_many_arguments)]
-async fn proxy(
+pub(crate) async fn proxy(
     shared: &Shared,
     client: &UpstreamClient,
     service: &ServiceEntry,
@@ -152,7 +161,7 @@ async fn proxy(
     groups: Groups<'_>,
     ingress: &Ingress,
     peer: SocketAddr,
-    mut req: Request<ClientBody>,
+    mut req: Request<Option<ClientBody>>,
     started: Instant,
 ) -> Result<Response<ResBody>, ProxyError> {
     let deadline = started + route.timeout;
@@ -168,7 +177,10 @@ async fn proxy(
             parts.headers.insert(header::HOST, authority);
         }
     }
-    let mut body = prepare_body(body, &parts.headers, shared, deadline).await?;
+    let mut body = match body {
+        Some(body) => prepare_body(body, &parts.headers, shared, deadline).await?,
+        None => RequestBody::Buffered(Bytes::new()),
+    };
     let replayable = matches!(body, RequestBody::Buffered(_));
     service.budget.deposit();
 
@@ -343,7 +355,7 @@ fn respond(
     }
     headers::rewrite_response(res.headers_mut(), switching);
     res.headers_mut().insert(X_REQUEST_ID, request_id);
-    res.map(Either::Left)
+    res.map(|body| Either::Left(Either::Left(body)))
 }
 
 /// Copies bytes both ways between an upgraded client connection and the replica (WebSocket and the like).

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::budget::RetryBudget;
+use crate::cache::RouteCache;
 use crate::endpoint::EndpointState;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::ratelimit::RateLimiter;
@@ -160,6 +161,7 @@ pub(crate) struct RouteEntry {
     pub(crate) per_try_timeout: Option<Duration>,
     pub(crate) metrics: Arc<RouteMetrics>,
     pub(crate) rate_limit: Option<Arc<RateLimiter>>,
+    pub(crate) cache: Option<RouteCache>,
 }
 
 /// State that outlives snapshots: endpoints (by instance id), retry budgets (by service) and rate limiters
@@ -233,6 +235,10 @@ impl Registry {
                     limiters.insert(key, limiter.clone());
                     limiter
                 }),
+                cache: route
+                    .cache
+                    .clone()
+                    .map(|policy| RouteCache { policy, metrics: metrics.cache.route(&service.name, &route.prefix) }),
             })
             .collect();
         // A declared `/` wins over the implicit catch-all, which is last among equals.
@@ -323,7 +329,7 @@ impl ServiceEntry {
     }
 }
 
-fn prefix_matches(prefix: &str, path: &str) -> bool {
+pub(crate) fn prefix_matches(prefix: &str, path: &str) -> bool {
     if prefix == "/" {
         return true;
     }
@@ -332,7 +338,7 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 }
 
 /// Lowercase, without port and trailing dot; `[::1]:80` keeps its brackets.
-fn normalize_host(host: &str) -> String {
+pub(crate) fn normalize_host(host: &str) -> String {
     let without_port = if host.starts_with('[') {
         host.split_inclusive(']').next().unwrap_or(host)
     } else {

@@ -10,9 +10,8 @@ use crate::model::Spec;
 /// Keys that are parsed and validated but that the platform does not act on yet, as dotted
 /// paths (`"routes"`, or a nested key such as `"deploy.watch"`). Everything else is acted on:
 /// `name`, `kind`, `replicas`, `size`, `run`, `build`, `health`, `env`, `domains`, `redirect_https`, `pools`
-/// and `routes` (path, timeouts and rate limits, by the gateway).
-pub const NOT_YET_ACTED_ON: &[&str] =
-    &["unit", "alerts", "test", "dependencies", "routes.nfr", "routes.cache", "deploy", "autoscale"];
+/// and `routes` (path, timeouts, rate limits and caches, by the gateway).
+pub const NOT_YET_ACTED_ON: &[&str] = &["unit", "alerts", "test", "dependencies", "routes.nfr", "deploy", "autoscale"];
 
 /// One note for each key in the file that the platform does not act on yet, in source order.
 ///
@@ -82,7 +81,7 @@ mod tests {
 
     #[test]
     fn one_note_per_outermost_key_in_source_order() {
-        let source = "name = \"x\"\nunit = \"team\"\n[run]\ncommand = \"./x\"\n[[routes]]\npath = \"/a\"\ncache = { max_age = \"1s\" }\n[[routes]]\npath = \"/b\"\n[deploy]\nwatch = \"1m\"\n";
+        let source = "name = \"x\"\nunit = \"team\"\n[run]\ncommand = \"./x\"\n[[routes]]\npath = \"/a\"\nnfr = { p90 = \"400ms\" }\n[[routes]]\npath = \"/b\"\n[deploy]\nwatch = \"1m\"\n";
         let spec = crate::parse("app.toml", source).expect("the test spec is valid");
         let notes = not_yet_acted_on(&spec);
         let shown: Vec<(&str, usize, usize)> =
@@ -91,7 +90,7 @@ mod tests {
             shown,
             [
                 ("`unit` is parsed but not acted on yet", 2, 1),
-                ("`routes.cache` is parsed but not acted on yet", 7, 1),
+                ("`routes.nfr` is parsed but not acted on yet", 7, 1),
                 ("`[deploy]` is parsed but not acted on yet", 10, 1),
             ]
         );

@@ -7,7 +7,8 @@
 //! `max_in_flight`. Each worker keeps one keep-alive connection and reconnects after an error or a
 //! `Connection: close`. Latency is measured from the time a request was scheduled, not from the time
 //! a worker picked it up, so a late generator shows up in the numbers instead of hiding.
-//! Responses are parsed by the same reader as [`crate::http_request`].
+//! Responses are parsed by the same reader as [`crate::http_request`]; [`start_observed`] also hands each
+//! one (status, headers, body, arrival time) to a callback, for checks on the content.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -93,6 +94,22 @@ pub struct MethodReport {
     pub failures: Vec<(Duration, String)>,
 }
 
+/// What a response looked like, for [`start_observed`]'s callback.
+#[derive(Debug)]
+pub struct Received<'a> {
+    pub status: u16,
+    pub headers: &'a [(String, String)],
+    pub body: &'a [u8],
+    /// When the whole response had been read.
+    pub at: Instant,
+    /// Measured like [`MethodReport::latencies_us`]: from the time the request was scheduled.
+    pub latency: Duration,
+}
+
+/// Called on a worker thread with every response as soon as it is read (e.g. to check a timestamp in the
+/// body against the time it arrived).
+pub type OnResponse = Arc<dyn Fn(&Received<'_>) + Send + Sync>;
+
 /// Starts the load on background threads and returns at once.
 ///
 /// # Panics
@@ -100,6 +117,19 @@ pub struct MethodReport {
 /// Panics if `requests` is empty, `rate_per_sec` is not a positive finite number, or
 /// `max_in_flight` is 0: these are mistakes in the test, not conditions to report.
 pub fn start(config: LoadConfig) -> LoadRun {
+    start_inner(config, None)
+}
+
+/// [`start`], and calls `on_response` with every response the run gets.
+///
+/// # Panics
+///
+/// As [`start`].
+pub fn start_observed(config: LoadConfig, on_response: OnResponse) -> LoadRun {
+    start_inner(config, Some(on_response))
+}
+
+fn start_inner(config: LoadConfig, on_response: Option<OnResponse>) -> LoadRun {
     assert!(!config.requests.is_empty(), "load config has no requests to send");
     assert!(
         config.rate_per_sec.is_finite() && config.rate_per_sec > 0.0,
@@ -111,7 +141,7 @@ pub fn start(config: LoadConfig) -> LoadRun {
     let started = Instant::now();
     let scheduler = thread::Builder::new()
         .name("berth-load-scheduler".to_string())
-        .spawn(move || schedule(config, started, &stop_rx))
+        .spawn(move || schedule(config, on_response, started, &stop_rx))
         .unwrap_or_else(|error| panic!("failed to spawn the load scheduler thread: {error}"));
     LoadRun { started, scheduler: Some(scheduler), stop: Some(stop_tx) }
 }
@@ -248,6 +278,7 @@ struct Shared {
     completed: AtomicU64,
     tally: Mutex<BTreeMap<String, MethodReport>>,
     jobs: Mutex<Receiver<Job>>,
+    on_response: Option<OnResponse>,
 }
 
 /// How one request ended.
@@ -258,7 +289,7 @@ enum Outcome {
 
 /// The scheduler thread: issues request `i` at `started + i / rate` until `duration` or until the
 /// run is dropped, then waits for the workers and builds the report.
-fn schedule(config: LoadConfig, started: Instant, stop: &Receiver<()>) -> LoadReport {
+fn schedule(config: LoadConfig, on_response: Option<OnResponse>, started: Instant, stop: &Receiver<()>) -> LoadReport {
     let requests = config.requests.iter().map(|spec| prepare(config.addr, spec)).collect();
     let (job_tx, job_rx) = mpsc::channel();
     let shared = Arc::new(Shared {
@@ -268,6 +299,7 @@ fn schedule(config: LoadConfig, started: Instant, stop: &Receiver<()>) -> LoadRe
         completed: AtomicU64::new(0),
         tally: Mutex::new(BTreeMap::new()),
         jobs: Mutex::new(job_rx),
+        on_response,
     });
     let mut workers: Vec<JoinHandle<()>> = Vec::new();
     let mut dispatched: u64 = 0;
@@ -343,9 +375,14 @@ fn spawn_worker(shared: &Arc<Shared>) -> io::Result<JoinHandle<()>> {
             let Ok(job) = job else { break };
             let request = &shared.requests[job.spec_idx];
             let outcome = match exchange(&mut connection, &shared, request) {
-                Ok((status, mut body)) => {
+                Ok((status, headers, mut body)) => {
+                    let latency = job.scheduled.elapsed();
+                    if let Some(on_response) = &shared.on_response {
+                        let at = Instant::now();
+                        on_response(&Received { status, headers: &headers, body: &body, at, latency });
+                    }
                     body.truncate(BODY_PREFIX_LEN);
-                    Outcome::Response { status, body_prefix: body, latency: job.scheduled.elapsed() }
+                    Outcome::Response { status, body_prefix: body, latency }
                 }
                 Err(error) => Outcome::Error { kind: error_kind(&error), detail: error.to_string() },
             };
@@ -358,7 +395,11 @@ fn spawn_worker(shared: &Arc<Shared>) -> io::Result<JoinHandle<()>> {
 /// Sends one request on the worker's connection (opening one if there is none or the server has
 /// closed it) and reads the response; returns the status and body. Drops the connection after an
 /// error or when the server will not keep it open.
-fn exchange(connection: &mut Option<TcpStream>, shared: &Shared, request: &Prepared) -> io::Result<(u16, Vec<u8>)> {
+fn exchange(
+    connection: &mut Option<TcpStream>,
+    shared: &Shared,
+    request: &Prepared,
+) -> io::Result<crate::http::Response> {
     let deadline = Instant::now() + shared.timeout;
     if connection.as_ref().is_some_and(|stream| !still_open(stream)) {
         *connection = None;
@@ -377,7 +418,7 @@ fn exchange(connection: &mut Option<TcpStream>, shared: &Shared, request: &Prepa
         Ok((status, headers, _)) if keeps_open(*status, headers, request.is_head) => {}
         _ => *connection = None,
     }
-    res.map(|(status, _, body)| (status, body))
+    res
 }
 
 fn send(stream: &mut TcpStream, request: &Prepared, deadline: Instant) -> io::Result<crate::http::Response> {

@@ -4,6 +4,7 @@ pub mod args;
 pub mod client;
 pub mod error;
 
+mod cache;
 mod check;
 mod control;
 mod logs;
@@ -34,6 +35,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Cmd::Stop(target) => runtime()?.block_on(control::stop(&state_dir, &target)),
         Cmd::Start(target) => runtime()?.block_on(control::start(&state_dir, &target)),
         Cmd::Down(down) => runtime()?.block_on(control::down(&state_dir, &down)),
+        Cmd::Cache(args::CacheCmd::Purge(purge)) => runtime()?.block_on(cache::purge(&state_dir, &purge)),
         Cmd::Gateway(gateway) => {
             runtime()?.block_on(crate::daemon::run_gateway(gateway))?;
             Ok(ExitCode::SUCCESS)

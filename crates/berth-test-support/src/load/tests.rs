@@ -323,3 +323,19 @@ fn summary_lists_counts_statuses_errors_and_failures() {
         assert!(summary.contains(expected), "missing {expected:?} in\n{summary}");
     }
 }
+
+#[test]
+fn an_observed_run_hands_every_response_to_the_callback() {
+    let server = serve(Behavior { reply: ok, delay: Duration::ZERO, sequential: false });
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let on_response: OnResponse = {
+        let seen = seen.clone();
+        Arc::new(move |received: &Received<'_>| {
+            lock(&seen).push((received.status, received.body.to_vec()));
+        })
+    };
+    let report = start_observed(config(server.addr, 50.0, 200, vec![get("/")]), on_response).wait();
+    let seen = lock(&seen);
+    assert_eq!(seen.len() as u64, report.sent, "{}", report.summary());
+    assert!(seen.iter().all(|(status, body)| *status == 200 && body == b"hello"), "{seen:?}");
+}

@@ -51,6 +51,9 @@ pub enum Cmd {
     Start(TargetArgs),
     /// Stop every service and the daemon
     Down(DownArgs),
+    /// Manage the gateway's response cache
+    #[command(subcommand)]
+    Cache(CacheCmd),
     /// Run the gateway alone in front of fixed upstreams (benchmarks, trials)
     Gateway(GatewayArgs),
 }
@@ -194,6 +197,21 @@ pub struct ScaleArgs {
     /// Wait until every replica is healthy, showing progress
     #[arg(long)]
     pub wait: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCmd {
+    /// Remove a service's cached responses, all of them or those under PATH
+    Purge(CachePurgeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CachePurgeArgs {
+    pub service: String,
+    /// Only paths under this prefix (e.g. /api covers /api, /api/users and /api?x=1)
+    pub path: Option<String>,
     #[arg(long)]
     pub json: bool,
 }

@@ -49,6 +49,12 @@ impl Client {
         Ok(())
     }
 
+    /// POSTs `body` and decodes the JSON answer.
+    pub async fn post_json<T: DeserializeOwned>(&self, path: &str, body: serde_json::Value) -> anyhow::Result<T> {
+        let res = self.send(http::Method::POST, path, Some(body)).await?;
+        decode(res).await
+    }
+
     /// Streams a response body, calling `on_chunk` for every piece as it arrives.
     pub async fn stream(&self, path: &str, mut on_chunk: impl FnMut(&[u8]) -> bool) -> anyhow::Result<()> {
         let res = self.send(http::Method::GET, path, None).await?;

@@ -1,5 +1,6 @@
 //! Integration tests: the real `berth` binary, real replica processes, loopback only.
 
+mod cache;
 mod check;
 mod control;
 mod gateway;
