@@ -13,6 +13,7 @@ mod endpoint;
 mod error;
 mod framing;
 mod gateway;
+mod group_stats;
 mod headers;
 pub mod metrics;
 mod proxy;
@@ -20,6 +21,7 @@ mod ratelimit;
 mod table;
 
 pub use gateway::{Gateway, GatewayConfig};
+pub use group_stats::{GroupStats, LatencyHistogram};
 pub use table::{
     CachePolicy, Rate, RateKey, RateLimitPolicy, RoutePolicy, RoutingTable, ServiceRoutes, Upstream, UpstreamProtocol,
 };

@@ -320,13 +320,13 @@ fn render_families(
     Ok(())
 }
 
-fn family(out: &mut String, name: &str, kind: &str, help: &str) -> fmt::Result {
+pub(crate) fn family(out: &mut String, name: &str, kind: &str, help: &str) -> fmt::Result {
     writeln!(out, "# HELP {name} {help}")?;
     writeln!(out, "# TYPE {name} {kind}")
 }
 
 /// Writes `name{label="value",...} value` with the label values escaped.
-fn sample(
+pub(crate) fn sample(
     out: &mut String,
     name: &str,
     suffix: &str,

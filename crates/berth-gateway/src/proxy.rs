@@ -21,6 +21,7 @@ use crate::balance::{self, Groups};
 use crate::endpoint::{EndpointState, Outcome};
 use crate::error::ProxyError;
 use crate::gateway::{Shared, UpstreamClient};
+use crate::group_stats::GroupRecord;
 use crate::headers::{self, Forwarding, X_REQUEST_ID};
 use crate::metrics::RetryReason;
 use crate::ratelimit;
@@ -76,7 +77,9 @@ async fn handle_route(
             return rejected.into_response();
         }
     };
-    let mut res = match proxy(shared, client, service, route, admission.groups(), peer, req, started).await {
+    let mut group = GroupRecord::new(service, started);
+    let groups = admission.groups();
+    let mut res = match proxy(shared, client, service, route, groups, peer, req, started, &mut group.endpoint).await {
         Ok(res) => res,
         Err(error) => {
             debug!(service = %service.name, error = %error, "request failed");
@@ -85,6 +88,7 @@ async fn handle_route(
     };
     admission.write_fields(res.headers_mut());
     in_flight.finish(res.status().as_u16());
+    group.finish(res.status().as_u16());
     res
 }
 
@@ -112,6 +116,7 @@ async fn proxy(
     peer: SocketAddr,
     mut req: Request<Incoming>,
     started: Instant,
+    last_endpoint: &mut Option<Arc<EndpointState>>,
 ) -> Result<Response<ResBody>, ProxyError> {
     let deadline = started + route.timeout;
     let upgrade = headers::is_upgrade(req.headers());
@@ -169,6 +174,7 @@ async fn proxy(
         *upstream_req.headers_mut() = parts.headers.clone();
 
         let attempt = endpoint.begin();
+        *last_endpoint = Some(endpoint.clone());
         let remaining = deadline - now;
         let per_try = route.per_try_timeout.map_or(remaining, |t| t.min(remaining));
         let watch_ejection = idempotent && replayable;

@@ -3,6 +3,7 @@
 mod bad_traffic;
 mod drain;
 mod ejection;
+mod group_stats;
 mod grpc;
 mod passthrough;
 mod rate_limit;
