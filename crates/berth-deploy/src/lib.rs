@@ -2,6 +2,7 @@
 //! supervisor input, and the platform that applies both. Startup is a deploy from the empty state: boot and
 //! `berth up DIR` go through the same `Platform::apply` path.
 
+pub mod analysis;
 mod load;
 mod platform;
 mod store;

@@ -35,8 +35,9 @@ pub(crate) enum ProxyError {
 }
 
 impl ProxyError {
-    pub(crate) fn into_response(self) -> Response<ResBody> {
-        let status = match &self {
+    /// The status the client gets for this error.
+    pub(crate) fn status(&self) -> StatusCode {
+        match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::NoUpstream { .. } | ProxyError::NoPoolUpstream { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -44,7 +45,11 @@ impl ProxyError {
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
-        };
+        }
+    }
+
+    pub(crate) fn into_response(self) -> Response<ResBody> {
+        let status = self.status();
         let mut res = Response::new(Either::Right(Full::new(Bytes::from(format!("{self}\n")))));
         *res.status_mut() = status;
         res.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));

@@ -17,6 +17,7 @@ use tracing::{debug, warn};
 use crate::cache::Cache;
 use crate::endpoint::EndpointState;
 use crate::framing::FramingGuard;
+use crate::group_stats::GroupStats;
 use crate::metrics::{EjectReason, Metrics, RetryReason};
 use crate::proxy::{self, Ingress, ReqBody};
 use crate::table::{Registry, RouteEntry, RoutingTable, ServiceEntry, Snapshot};
@@ -236,6 +237,14 @@ impl Gateway {
     /// Prometheus text exposition of the gateway's metrics.
     pub fn render_metrics(&self, out: &mut String) {
         self.shared.metrics.render(out);
+        let groups = lock(&self.shared.registry).group_counters();
+        crate::group_stats::render(out, &groups);
+    }
+
+    /// The cumulative numbers of each replica group `service` has had while in the table, by group name
+    /// (empty for an unknown service). Subtract two readings with `GroupStats::since` for a window.
+    pub fn group_stats(&self, service: &str) -> Vec<GroupStats> {
+        lock(&self.shared.registry).group_stats(service)
     }
 
     /// Removes the cached responses of `service`, all of them or those whose path falls under `path_prefix`

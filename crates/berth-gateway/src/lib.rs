@@ -16,6 +16,7 @@ mod endpoint;
 mod error;
 mod framing;
 mod gateway;
+mod group_stats;
 mod h3;
 mod headers;
 pub mod metrics;
@@ -25,6 +26,7 @@ mod table;
 mod tls;
 
 pub use gateway::{Gateway, GatewayConfig, Listeners};
+pub use group_stats::{GroupStats, LatencyHistogram};
 pub use table::{
     CachePolicy, Rate, RateKey, RateLimitPolicy, RoutePolicy, RoutingTable, ServiceRoutes, Upstream, UpstreamProtocol,
 };

@@ -22,6 +22,7 @@ use crate::balance::{self, Groups};
 use crate::endpoint::{EndpointState, Outcome};
 use crate::error::ProxyError;
 use crate::gateway::{Shared, UpstreamClient};
+use crate::group_stats::GroupRecord;
 use crate::headers::{self, Forwarding, X_REQUEST_ID};
 use crate::metrics::RetryReason;
 use crate::ratelimit;
@@ -151,7 +152,8 @@ enum RequestBody {
     Streaming(Option<Limited<ClientBody>>),
 }
 
-/// Sends `req` to a replica of `service`; a request without a body (`None`) is a cache refresh.
+/// Sends `req` to a replica of `service`; a request without a body (`None`) is a cache refresh. The outcome
+/// counts for the replica group that answered (see `group_stats.rs`).
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn proxy(
     shared: &Shared,
@@ -161,8 +163,32 @@ pub(crate) async fn proxy(
     groups: Groups<'_>,
     ingress: &Ingress,
     peer: SocketAddr,
+    req: Request<Option<ClientBody>>,
+    started: Instant,
+) -> Result<Response<ResBody>, ProxyError> {
+    let mut group = GroupRecord::new(service, started);
+    let res =
+        attempt_all(shared, client, service, route, groups, ingress, peer, req, started, &mut group.endpoint).await;
+    group.finish(match &res {
+        Ok(res) => res.status().as_u16(),
+        Err(error) => error.status().as_u16(),
+    });
+    res
+}
+
+/// The attempt loop; `last_endpoint` follows the endpoint of the latest attempt.
+#[allow(clippy::too_many_arguments)]
+async fn attempt_all(
+    shared: &Shared,
+    client: &UpstreamClient,
+    service: &ServiceEntry,
+    route: &RouteEntry,
+    groups: Groups<'_>,
+    ingress: &Ingress,
+    peer: SocketAddr,
     mut req: Request<Option<ClientBody>>,
     started: Instant,
+    last_endpoint: &mut Option<Arc<EndpointState>>,
 ) -> Result<Response<ResBody>, ProxyError> {
     let deadline = started + route.timeout;
     let upgrade = headers::is_upgrade(req.headers());
@@ -223,6 +249,7 @@ pub(crate) async fn proxy(
         *upstream_req.headers_mut() = parts.headers.clone();
 
         let attempt = endpoint.begin();
+        *last_endpoint = Some(endpoint.clone());
         let remaining = deadline - now;
         let per_try = route.per_try_timeout.map_or(remaining, |t| t.min(remaining));
         let watch_ejection = idempotent && replayable;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use crate::budget::RetryBudget;
 use crate::cache::RouteCache;
 use crate::endpoint::EndpointState;
+use crate::group_stats::{GroupCounters, GroupStats};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::ratelimit::RateLimiter;
 
@@ -153,6 +154,8 @@ pub(crate) struct Group {
     pub(crate) pool: bool,
     pub(crate) weight: u32,
     pub(crate) endpoints: Vec<Arc<EndpointState>>,
+    /// This (service, group)'s counters, kept by the `Registry` across snapshots.
+    pub(crate) stats: Arc<GroupCounters>,
 }
 
 pub(crate) struct RouteEntry {
@@ -164,18 +167,40 @@ pub(crate) struct RouteEntry {
     pub(crate) cache: Option<RouteCache>,
 }
 
-/// State that outlives snapshots: endpoints (by instance id), retry budgets (by service) and rate limiters
-/// (by service and route prefix, while the route's policy stays the same).
+/// State that outlives snapshots: endpoints (by instance id), retry budgets (by service), rate limiters
+/// (by service and route prefix, while the route's policy stays the same) and group counters (by service
+/// and group, while the service is in the table).
 pub(crate) struct Registry {
     pub(crate) epoch: Instant,
     endpoints: HashMap<String, Arc<EndpointState>>,
     budgets: HashMap<String, Arc<RetryBudget>>,
     limiters: HashMap<(String, String), Arc<RateLimiter>>,
+    groups: BTreeMap<(String, String), Arc<GroupCounters>>,
 }
 
 impl Registry {
     pub(crate) fn new() -> Registry {
-        Registry { epoch: Instant::now(), endpoints: HashMap::new(), budgets: HashMap::new(), limiters: HashMap::new() }
+        Registry {
+            epoch: Instant::now(),
+            endpoints: HashMap::new(),
+            budgets: HashMap::new(),
+            limiters: HashMap::new(),
+            groups: BTreeMap::new(),
+        }
+    }
+
+    /// The numbers of every group `service` has had since it entered the table, by group name.
+    pub(crate) fn group_stats(&self, service: &str) -> Vec<GroupStats> {
+        self.groups
+            .iter()
+            .filter(|((name, _), _)| name == service)
+            .map(|((_, group), counters)| counters.read(group))
+            .collect()
+    }
+
+    /// Every group's counters, by (service, group), for rendering outside the registry's lock.
+    pub(crate) fn group_counters(&self) -> Vec<((String, String), Arc<GroupCounters>)> {
+        self.groups.iter().map(|(key, counters)| (key.clone(), counters.clone())).collect()
     }
 
     /// The endpoint's live state, if it is in a table or still has requests in flight.
@@ -200,6 +225,9 @@ impl Registry {
         // Forget endpoints that left every table once nothing holds them (no request in flight).
         self.endpoints.retain(|instance, state| seen.contains(instance) || Arc::strong_count(state) > 1);
         self.budgets.retain(|name, _| by_name.contains_key(name));
+        // A group that leaves keeps its counters while its service stays: a canary rolled back still has its
+        // numbers, and one that comes back continues them.
+        self.groups.retain(|(name, _), _| by_name.contains_key(name));
         // Limiters of routes that left the table, or whose policy changed, start over if they come back.
         self.limiters = limiters;
         let default = table.default_service.as_ref().and_then(|name| by_name.get(name).cloned());
@@ -263,11 +291,17 @@ impl Registry {
                 Some(idx) => groups[idx].endpoints.push(state),
                 None => {
                     group_names.push(&upstream.group);
+                    let stats = self
+                        .groups
+                        .entry((service.name.clone(), upstream.group.clone()))
+                        .or_insert_with(|| Arc::new(GroupCounters::new()))
+                        .clone();
                     groups.push(Group {
                         name: upstream.group.clone(),
                         pool: service.pools.contains(&upstream.group),
                         weight: upstream.weight,
                         endpoints: vec![state],
+                        stats,
                     });
                 }
             }
@@ -322,6 +356,11 @@ impl ServiceEntry {
             .find(|route| prefix_matches(&route.prefix, path))
             .or(self.routes.last())
             .expect("every service has the catch-all route")
+    }
+
+    /// The group `endpoint` is in, in this snapshot.
+    pub(crate) fn group_of(&self, endpoint: &Arc<EndpointState>) -> Option<&Group> {
+        self.groups.iter().find(|group| group.endpoints.iter().any(|candidate| Arc::ptr_eq(candidate, endpoint)))
     }
 
     pub(crate) fn n_endpoints(&self) -> usize {

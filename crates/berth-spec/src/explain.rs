@@ -55,8 +55,10 @@ pub(crate) const TABLE_KEYS: &[(&str, &[&str])] = &[
             "keep_old_for",
             "watch",
             "health_deadline",
+            "analysis",
         ],
     ),
+    ("`analysis` in [deploy]", &["error_rate", "p90", "min_requests"]),
     ("[autoscale]", &["min", "max", "target_cpu", "target_rps"]),
     ("`size`", &["cpu", "memory"]),
 ];

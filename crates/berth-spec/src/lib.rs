@@ -24,8 +24,8 @@ pub use acted_on::{NOT_YET_ACTED_ON, not_yet_acted_on};
 pub use diagnostic::{Diagnostic, Severity, render_all};
 pub use hash::release_hash;
 pub use model::{
-    Autoscale, Cache, Dependencies, Deploy, Health, KeyOrigin, Kind, Nfr, Origin, Pool, Postgres, Protocol, Rate,
-    RateKey, RateLimit, Redis, Route, Run, Size, Spec, Step, Strategy,
+    Analysis, Autoscale, Cache, Dependencies, Deploy, Health, KeyOrigin, Kind, Nfr, Origin, Pool, Postgres, Protocol,
+    Rate, RateKey, RateLimit, Redis, Route, Run, Size, Spec, Step, Strategy,
 };
 pub use platform::{ApiListener, CertificateFiles, GatewayListeners, Listen, PlatformConfig, parse_platform};
 pub use toml::Spanned;

@@ -299,6 +299,28 @@ pub struct Deploy {
     /// New replicas must be healthy within this time or the deploy fails.
     #[serde(with = "de::duration")]
     pub health_deadline: Duration,
+    /// How a canary step and the watch window judge the new release's numbers.
+    #[serde(skip_serializing_if = "Analysis::is_empty")]
+    pub analysis: Analysis,
+}
+
+/// Thresholds of canary analysis, written `analysis = { error_rate = "1%", p90 = "400ms", min_requests = 50 }`
+/// in `[deploy]`. Every key is optional; the defaults depend on the routes, so they are filled in where the
+/// thresholds are used (`berth_deploy::analysis::thresholds`), not here.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Analysis {
+    /// Highest acceptable share of failed requests (`"1%"` is `0.01`). Default: the strictest
+    /// `nfr.error_rate` of the routes, else 1%.
+    #[serde(with = "de::opt_percent", skip_serializing_if = "Option::is_none")]
+    pub error_rate: Option<f64>,
+    /// Highest acceptable 90th percentile latency. Default: the strictest `nfr.p90` of the routes, else no
+    /// latency limit.
+    #[serde(with = "de::opt_duration", skip_serializing_if = "Option::is_none")]
+    pub p90: Option<Duration>,
+    /// Requests the new release must have answered before it is judged (at least 1). Default: 50.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_requests: Option<Spanned<u64>>,
 }
 
 /// Deploy strategy.
@@ -374,6 +396,13 @@ impl Origin {
     }
 }
 
+impl Analysis {
+    /// True when no key is written: the effective config then leaves `analysis` out.
+    pub fn is_empty(&self) -> bool {
+        self.error_rate.is_none() && self.p90.is_none() && self.min_requests.is_none()
+    }
+}
+
 impl Dependencies {
     /// True when the service declares no dependencies at all.
     pub fn is_empty(&self) -> bool {
@@ -427,6 +456,7 @@ impl Default for Deploy {
             keep_old_for: Duration::from_secs(300),
             watch: Duration::from_secs(300),
             health_deadline: Duration::from_secs(120),
+            analysis: Analysis::default(),
         }
     }
 }

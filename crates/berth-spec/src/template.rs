@@ -76,6 +76,7 @@ start_period = "30s"
 # strategy = "rolling"         # rolling | bluegreen | canary
 # max_surge = 1
 # max_unavailable = 0
+# analysis = {{ error_rate = "1%", p90 = "400ms", min_requests = 50 }}   # canary and watch-window limits
 
 # [autoscale]
 # min = 1

@@ -323,6 +323,7 @@ impl Checker<'_> {
                 format!("the last step sends all traffic to the new release, {example}"),
             );
         }
+        self.analysis();
         if deploy.max_surge == 0 && deploy.max_unavailable == 0 {
             let span =
                 self.key_span("deploy.max_surge").or_else(|| self.key_span("deploy.max_unavailable")).unwrap_or(0..0);
@@ -330,6 +331,28 @@ impl Checker<'_> {
                 span,
                 "`max_surge` and `max_unavailable` in [deploy] are both 0, so a rolling deploy can never replace a replica".to_owned(),
                 "allow one extra replica during deploys with `max_surge = 1`".to_owned(),
+            );
+        }
+    }
+
+    fn analysis(&mut self) {
+        let analysis = &self.spec.deploy.analysis;
+        if let Some(min_requests) = &analysis.min_requests
+            && *min_requests.get_ref() == 0
+        {
+            self.error(
+                min_requests.span(),
+                "`min_requests` in `analysis` in [deploy] must be at least 1".to_owned(),
+                "judge a release only after enough requests to tell a bad one from noise, e.g. `min_requests = 50`"
+                    .to_owned(),
+            );
+        }
+        if analysis.p90.is_some_and(|p90| p90.is_zero()) {
+            let span = self.key_span("deploy.analysis.p90").unwrap_or(0..0);
+            self.error(
+                span,
+                "`p90` in `analysis` in [deploy] must be more than 0".to_owned(),
+                "give the slowest acceptable 90th percentile, e.g. `p90 = \"400ms\"`, or remove the key".to_owned(),
             );
         }
     }

@@ -85,6 +85,10 @@ fn full_fixture_reads_every_value() {
     let nfr = spec.routes[0].nfr.as_ref().expect("the first route has an nfr");
     assert_eq!(nfr.error_rate, Some(0.005));
     assert_eq!(spec.autoscale.as_ref().and_then(|a| a.target_cpu), Some(0.7));
+    let analysis = &spec.deploy.analysis;
+    assert_eq!(analysis.error_rate, Some(0.02));
+    assert_eq!(analysis.p90, Some(std::time::Duration::from_millis(300)));
+    assert_eq!(analysis.min_requests.as_ref().map(|n| *n.get_ref()), Some(200));
     assert_eq!(spec.pools["batch"].replicas, 1);
     let json = serde_json::to_value(&spec).expect("a spec serializes to JSON");
     assert_eq!(json["health"]["interval"], "1m30s");

@@ -4,6 +4,7 @@ mod bad_traffic;
 mod cache;
 mod drain;
 mod ejection;
+mod group_stats;
 mod grpc;
 mod h3;
 mod passthrough;

@@ -17,6 +17,7 @@ fn table_source(table: &str, key_line: &str) -> String {
         "`rate_limit` in [[routes]]" => {
             format!("{BASE}[[routes]]\npath = \"/a\"\n[routes.rate_limit]\nrate = \"1/s\"\n{key_line}\n")
         }
+        "`analysis` in [deploy]" => format!("{BASE}[deploy]\nanalysis = {{ {key_line} }}\n"),
         "`size`" => format!("size = {{ cpu = \"1\", memory = \"1MiB\", {key_line} }}\n{BASE}"),
         header => format!("{BASE}{header}\n{key_line}\n"),
     }
