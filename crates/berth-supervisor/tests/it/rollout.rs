@@ -51,6 +51,22 @@ fn max_unavailable_1_without_surge_runs_at_most_4() {
 }
 
 #[test]
+fn a_restart_replaces_every_instance_of_the_same_release() {
+    let fx = Fixture::start();
+    fx.apply(release(&fx, "web", "a", "0ms"));
+    let before = fx.wait_converged("web", "a", ROLLOUT_TIMEOUT);
+    let old_pids = pids(&before, |_| true);
+
+    let (observed, after) = observe(&fx, "web", "a", 4, ROLLOUT_TIMEOUT, || {
+        fx.supervisor.restart("web").expect("web is known");
+    });
+    eprintln!("restart, max_surge 1, 4 replicas: {observed:?}");
+    assert!(observed.max_running <= 5, "{observed:?}");
+    assert_eq!(observed.min_in_rotation, 4, "{observed:?}");
+    assert!(pids(&after, |_| true).is_disjoint(&old_pids), "every replica was replaced: {after:#?}");
+}
+
+#[test]
 fn a_rollback_mid_rollout_keeps_the_old_instances_and_stops_the_successors() {
     let fx = Fixture::start();
     let old = release(&fx, "web", "a", "0ms");

@@ -134,11 +134,24 @@ pub struct Observed {
 /// the new release.
 pub fn roll(fx: &Fixture, config: ServiceConfig, timeout: Duration) -> (Observed, ServiceStatus) {
     let (name, release, n_replicas) = (config.name.clone(), config.release.clone(), config.replicas as usize);
-    let fewest_endpoints = fx.watch_in_rotation(&name);
+    observe(fx, &name, &release, n_replicas, timeout, || fx.apply(config))
+}
+
+/// Like [`roll`], for any `act` that starts a rolling replacement of `name`, which runs `n_replicas` of
+/// `release` in the end.
+pub fn observe(
+    fx: &Fixture,
+    name: &str,
+    release: &str,
+    n_replicas: usize,
+    timeout: Duration,
+    act: impl FnOnce(),
+) -> (Observed, ServiceStatus) {
+    let fewest_endpoints = fx.watch_in_rotation(name);
     let started = Instant::now();
-    fx.apply(config);
-    let first = fx.status(&name);
-    assert!(!first.converged, "converged right after a new release was applied: {first:#?}");
+    act();
+    let first = fx.status(name);
+    assert!(!first.converged, "converged right after a rolling replacement was asked for: {first:#?}");
     let mut observed = Observed {
         n_samples: 0,
         max_running: 0,
@@ -148,7 +161,7 @@ pub fn roll(fx: &Fixture, config: ServiceConfig, timeout: Duration) -> (Observed
     };
     let mut pids = BTreeSet::new();
     let last = wait_until(timeout, &format!("{name} to converge on {release}"), || {
-        let status = fx.status(&name);
+        let status = fx.status(name);
         let n_processes = fx.n_processes();
         let with_pid = status.replicas.iter().filter(|r| r.pid.is_some()).count();
         observed.n_samples += 1;
@@ -160,7 +173,7 @@ pub fn roll(fx: &Fixture, config: ServiceConfig, timeout: Duration) -> (Observed
             }
         }
         if status.converged {
-            assert_all_on(&status, &release, n_replicas);
+            assert_all_on(&status, release, n_replicas);
             assert_eq!(n_processes, n_replicas, "converged with other processes still running: {status:#?}");
         }
         status.converged.then_some(status)
