@@ -9,6 +9,12 @@ pub struct ServiceView {
     pub state: String,
     pub desired_replicas: u32,
     pub healthy_replicas: u32,
+    /// Healthy replicas on `release`, for rollout progress.
+    #[serde(default)]
+    pub updated_replicas: u32,
+    /// Every replica is healthy on `release` and no replacement is under way: a rollout is done.
+    #[serde(default)]
+    pub converged: bool,
     pub memory_limit_bytes: Option<u64>,
     /// How the memory limit is enforced: "cgroup v2", "cgroup v1", "rlimit (cgroups not writable)" or "none".
     pub memory_enforcement: String,
@@ -19,6 +25,9 @@ pub struct ServiceView {
 pub struct ReplicaView {
     pub index: u32,
     pub instance: Option<String>,
+    /// The release this instance runs.
+    #[serde(default)]
+    pub release: Option<String>,
     pub state: String,
     pub pid: Option<i32>,
     pub port: Option<u16>,
@@ -101,6 +110,8 @@ impl ServiceView {
             state: status.state.as_str().to_owned(),
             desired_replicas: status.desired_replicas,
             healthy_replicas: replicas.iter().filter(|r| r.in_rotation).count() as u32,
+            updated_replicas: status.updated_replicas,
+            converged: status.converged,
             memory_limit_bytes: status.memory_limit_bytes,
             memory_enforcement: status.memory_enforcement.describe().to_owned(),
             replicas,
@@ -114,6 +125,7 @@ impl ReplicaView {
         ReplicaView {
             index: replica.index,
             instance: replica.instance.clone(),
+            release: replica.release.clone(),
             state: replica.state.as_str().to_owned(),
             pid: replica.pid,
             port: replica.port,

@@ -52,6 +52,8 @@ pub fn to_service_config(spec: &Spec, dir: &Path, replicas_override: Option<u32>
         },
         stop_timeout: spec.run.stop_timeout,
         limits: Limits { memory_bytes: Some(spec.size.memory_bytes), cpu_millis: Some(spec.size.cpu_millis) },
+        max_surge: spec.deploy.max_surge,
+        max_unavailable: spec.deploy.max_unavailable,
     }
 }
 

@@ -38,6 +38,39 @@ pub struct ServiceConfig {
     /// SIGTERM grace before SIGKILL for an orderly stop.
     pub stop_timeout: Duration,
     pub limits: Limits,
+    /// During a rolling replacement, instances started above `replicas` at a time (Kubernetes'
+    /// `maxSurge`): each of these slots gets its successor beside its serving instance.
+    pub max_surge: u32,
+    /// During a rolling replacement, replicas that may be out of rotation at a time (Kubernetes'
+    /// `maxUnavailable`): each of these slots has its instance stopped before its successor starts.
+    /// With `max_surge` also 0 no replacement could ever start, so that pair counts as `max_surge` 1.
+    pub max_unavailable: u32,
+}
+
+impl ServiceConfig {
+    /// A config with the defaults of everything but what identifies the service: one replica, no extra
+    /// environment, default health checks, a 10s stop timeout, no limits, `max_surge` 1, `max_unavailable` 0.
+    /// Set the other fields with struct update syntax.
+    pub fn new(name: &str, release: &str, command: Vec<String>, workdir: PathBuf) -> ServiceConfig {
+        ServiceConfig {
+            name: name.to_owned(),
+            release: release.to_owned(),
+            replicas: 1,
+            command,
+            workdir,
+            env: Vec::new(),
+            health: HealthConfig::default(),
+            stop_timeout: Duration::from_secs(10),
+            limits: Limits::default(),
+            max_surge: 1,
+            max_unavailable: 0,
+        }
+    }
+
+    /// `max_surge`, with the invalid pair (both 0) read as one surge instance.
+    pub(crate) fn effective_max_surge(&self) -> u32 {
+        if self.max_surge == 0 && self.max_unavailable == 0 { 1 } else { self.max_surge }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

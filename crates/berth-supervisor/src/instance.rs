@@ -50,6 +50,8 @@ pub(crate) struct InstanceView {
 pub(crate) struct InstanceHandle {
     pub(crate) id: String,
     pub(crate) replica: u32,
+    /// The release the process runs: its config's, or for an adopted one the release it was started with.
+    pub(crate) release: String,
     pub(crate) pid: i32,
     pub(crate) addr: SocketAddr,
     pub(crate) started_at: SystemTime,
@@ -196,7 +198,8 @@ pub(crate) fn spawn(
     }
     info!(service = %config.name, replica, instance = %id, pid, port, "replica started");
     ctx.logs.record(&config.name, replica, &id, &format!("started pid {pid} on port {port}"));
-    Ok(launch(ctx, config, replica, id, pid, port, Waiter::Child(child), cgroup, false, events))
+    let release = config.release.clone();
+    Ok(launch(ctx, config, replica, release, id, pid, port, Waiter::Child(child), cgroup, false, events))
 }
 
 /// Takes over a replica process left running by an earlier daemon.
@@ -233,6 +236,7 @@ pub(crate) fn adopt(
         ctx,
         config,
         found.replica,
+        found.release,
         found.instance,
         found.pid,
         found.port,
@@ -262,6 +266,7 @@ fn launch(
     ctx: &Arc<Ctx>,
     config: &ServiceConfig,
     replica: u32,
+    release: String,
     id: String,
     pid: i32,
     port: u16,
@@ -290,6 +295,7 @@ fn launch(
     InstanceHandle {
         id,
         replica,
+        release,
         pid,
         addr,
         started_at: SystemTime::now(),

@@ -1,8 +1,13 @@
 //! The service actor: owns one service's replica slots and decides when instances start, enter rotation,
 //! get replaced and stop. It reacts to commands (scale, restart, stop...) and to instance events; it never
 //! blocks and never touches a process itself.
+//!
+//! A new config rolls the service like a Kubernetes Deployment: slots whose instance runs another release
+//! are marked stale, and each pass of [`ServiceActor::roll`] replaces as many of them as `max_surge` (a
+//! successor started beside a serving instance, which leaves once the successor is healthy) and
+//! `max_unavailable` (an instance stopped first, its successor started once it is gone) allow. Retiring
+//! instances count as running, so at most `replicas + max_surge` processes exist because of a rollout.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -44,7 +49,6 @@ pub(crate) fn spawn_actor(
         backoff,
         stopped: !running,
         retiring: Vec::new(),
-        rolling: VecDeque::new(),
         events_tx,
         endpoints,
         published: None,
@@ -63,9 +67,19 @@ struct Slot {
     /// The instance serving this slot, or starting to.
     current: Option<InstanceHandle>,
     healthy_since: Option<Instant>,
-    /// A replacement starting beside `current` during a rolling restart.
+    /// A replacement starting beside `current` during a rolling replacement; never in rotation: it takes
+    /// `current`'s place once healthy. Always runs the config's release.
     successor: Option<InstanceHandle>,
+    /// `current` is to be replaced by an instance of the config (another release, or a restart asked for).
+    stale: bool,
+    /// `current` was stopped by a rolling replacement; the new instance starts once there is room under
+    /// `replicas + max_surge`.
+    vacated: bool,
     tracker: RestartTracker,
+    /// Failures of this slot's successors; kept apart from `tracker`, which a healthy `current` resets.
+    successor_tracker: RestartTracker,
+    /// No successor starts before this (backoff after a failed one).
+    successor_at: Option<Instant>,
     restarts: u32,
     last_exit: Option<(ExitReason, SystemTime)>,
     restart_at: Option<Instant>,
@@ -78,7 +92,11 @@ impl Slot {
             current: None,
             healthy_since: None,
             successor: None,
+            stale: false,
+            vacated: false,
             tracker: RestartTracker::default(),
+            successor_tracker: RestartTracker::default(),
+            successor_at: None,
             restarts: 0,
             last_exit: None,
             restart_at: None,
@@ -99,7 +117,6 @@ struct ServiceActor {
     stopped: bool,
     slots: Vec<Slot>,
     retiring: Vec<Retiring>,
-    rolling: VecDeque<u32>,
     events_tx: mpsc::UnboundedSender<InstanceEvent>,
     endpoints: watch::Sender<Endpoints>,
     published: Option<Vec<Endpoint>>,
@@ -153,7 +170,7 @@ impl ServiceActor {
         match cmd {
             Command::Update(config) => self.update(*config),
             Command::Scale(n_replicas) => self.scale(n_replicas),
-            Command::Restart => self.rolling = (0..self.slots.len() as u32).collect(),
+            Command::Restart => self.mark_stale(|_| true),
             Command::Stop => self.stop_all(),
             Command::Start => {
                 self.stopped = false;
@@ -177,12 +194,39 @@ impl ServiceActor {
             return;
         }
         let n_replicas = config.replicas;
-        let release_changed = ServiceConfig { replicas: self.config.replicas, ..config.clone() } != self.config;
+        let release_changed = config.release != self.config.release;
+        let runs_the_same = what_runs(&config) == what_runs(&self.config);
         self.config = config;
         self.scale(n_replicas);
+        if runs_the_same {
+            return;
+        }
+        info!(service = %self.config.name, release = %self.config.release, "new config: rolling replacement");
         if release_changed {
-            info!(service = %self.config.name, release = %self.config.release, "new config: rolling restart");
-            self.rolling = (0..self.slots.len() as u32).collect();
+            // Instances already on the release stay (a rollback mid-rollout restarts nothing that runs it).
+            let release = self.config.release.clone();
+            self.mark_stale(|handle| handle.release != release);
+        } else {
+            // Same release, other settings: every instance runs an outdated config.
+            self.mark_stale(|_| true);
+        }
+    }
+
+    /// Marks for replacement every slot whose current instance is `outdated`, and unmarks the others.
+    /// Successors of an outdated config are retired at once: they are not in rotation, and will never be.
+    fn mark_stale(&mut self, outdated: impl Fn(&InstanceHandle) -> bool) {
+        let mut retired = Vec::new();
+        for slot in &mut self.slots {
+            slot.stale = slot.current.as_ref().is_some_and(&outdated);
+            slot.successor_tracker = RestartTracker::default();
+            slot.successor_at = None;
+            if let Some(successor) = slot.successor.take_if(|successor| outdated(successor)) {
+                retired.push(successor);
+            }
+        }
+        for handle in retired {
+            self.record(handle.replica, &handle.id, "no longer wanted (the config changed); stopping it");
+            self.retire(handle, UNHEALTHY_GRACE, ExitReason::Stopped);
         }
     }
 
@@ -198,12 +242,10 @@ impl ServiceActor {
                 self.retire(handle, self.config.stop_timeout, ExitReason::Stopped);
             }
         }
-        self.rolling.retain(|&index| index < n_replicas);
     }
 
     fn stop_all(&mut self) {
         self.stopped = true;
-        self.rolling.clear();
         let grace = self.config.stop_timeout;
         let handles: Vec<InstanceHandle> = self
             .slots
@@ -211,6 +253,9 @@ impl ServiceActor {
             .flat_map(|slot| {
                 slot.restart_at = None;
                 slot.healthy_since = None;
+                slot.stale = false;
+                slot.vacated = false;
+                slot.successor_at = None;
                 [slot.current.take(), slot.successor.take()]
             })
             .flatten()
@@ -226,10 +271,13 @@ impl ServiceActor {
             InstanceEvent::Healthy { id } => {
                 let Some(slot) = self.slots.iter_mut().find(|slot| slot_has(slot, &id)) else { return };
                 if slot.successor.as_ref().is_some_and(|s| s.id == id) {
-                    // Rolling restart: the replacement is ready, the old instance drains out.
+                    // Rolling replacement: the successor is ready, the old instance drains out.
                     let old = slot.current.take();
                     slot.current = slot.successor.take();
                     slot.healthy_since = Some(now);
+                    slot.stale = false;
+                    slot.successor_tracker = RestartTracker::default();
+                    slot.successor_at = None;
                     let index = slot.index;
                     if let Some(old) = old {
                         self.retire(old, self.config.stop_timeout, ExitReason::Stopped);
@@ -256,7 +304,13 @@ impl ServiceActor {
         let Some(slot) = self.slots.iter_mut().find(|slot| slot_has(slot, id)) else { return };
         let index = slot.index;
         let handle = if slot.successor.as_ref().is_some_and(|s| s.id == id) {
-            slot.successor.take()
+            let handle = slot.successor.take();
+            if let Some(handle) = &handle {
+                // The serving instance stays; the next successor waits out the backoff.
+                let delay = slot.successor_tracker.on_exit(&backoff, handle.started.elapsed(), false);
+                slot.successor_at = Some(Instant::now() + delay);
+            }
+            handle
         } else {
             let handle = slot.current.take();
             if let Some(handle) = &handle {
@@ -265,6 +319,7 @@ impl ServiceActor {
                 slot.restart_at = Some(Instant::now() + delay);
                 slot.restarts += 1;
                 slot.healthy_since = None;
+                promote_successor(slot);
             }
             handle
         };
@@ -293,12 +348,16 @@ impl ServiceActor {
         let Some(slot) = self.slots.iter_mut().find(|slot| slot_has(slot, id)) else { return };
         let index = slot.index;
         if slot.successor.as_ref().is_some_and(|s| s.id == id) {
-            slot.successor = None;
+            if let Some(handle) = slot.successor.take() {
+                let delay = slot.successor_tracker.on_exit(&backoff, handle.started.elapsed(), false);
+                slot.successor_at = Some(now + delay);
+            }
         } else if let Some(handle) = slot.current.take() {
             let was_healthy = slot.healthy_since.take().is_some();
             let delay = slot.tracker.on_exit(&backoff, handle.started.elapsed(), was_healthy);
             slot.restart_at = Some(now + delay);
             slot.restarts += 1;
+            promote_successor(slot);
             if slot.tracker.crash_loop(&backoff) {
                 warn!(service = %self.config.name, replica = index, failures = slot.tracker.fast_failures(), delay_ms = delay.as_millis() as u64, "replica is crash-looping");
             }
@@ -308,8 +367,8 @@ impl ServiceActor {
         self.record(index, id, &format!("{reason}"));
     }
 
-    /// Starts what should run and is not running: empty slots whose backoff has passed, and the next step
-    /// of a rolling restart.
+    /// Starts what should run and is not running: empty slots whose backoff has passed, and the next steps
+    /// of a rolling replacement.
     fn reconcile(&mut self) {
         if self.stopped {
             return;
@@ -321,29 +380,94 @@ impl ServiceActor {
             if let Some(since) = slot.healthy_since {
                 slot.tracker.on_healthy_for(&backoff, since.elapsed());
             }
-            if slot.current.is_none() && slot.restart_at.is_none_or(|at| at <= now) {
+            if slot.current.is_none() && !slot.vacated && slot.restart_at.is_none_or(|at| at <= now) {
                 slot.restart_at = None;
                 let started = self.start_instance(index as u32);
-                self.slots[index].current = started;
+                let slot = &mut self.slots[index];
+                slot.current = started;
+                slot.stale = false;
             }
         }
-        let rolling_in_progress = self.slots.iter().any(|slot| slot.successor.is_some());
-        if rolling_in_progress {
-            return;
+        self.roll(now);
+    }
+
+    /// The rolling replacement's next steps, within its bounds: at most `replicas + max_surge` instances
+    /// (retiring ones included) and at least `replicas - max_unavailable` in rotation.
+    fn roll(&mut self, now: Instant) {
+        let n_replicas = self.config.replicas;
+        let max_surge = self.config.effective_max_surge();
+        let max_live = n_replicas.saturating_add(max_surge);
+        let min_in_rotation = n_replicas.saturating_sub(self.config.max_unavailable);
+        let mut n_live = self.retiring.len() as u32;
+        let mut n_successors = 0;
+        let mut n_in_rotation = 0;
+        for slot in &self.slots {
+            n_live += u32::from(slot.current.is_some()) + u32::from(slot.successor.is_some());
+            n_successors += u32::from(slot.successor.is_some());
+            n_in_rotation += u32::from(slot.current.is_some() && slot.healthy_since.is_some());
         }
-        while let Some(index) = self.rolling.pop_front() {
-            let Some(slot) = self.slots.get(index as usize) else { continue };
-            if slot.healthy_since.is_some() {
-                let successor = self.start_instance(index);
-                self.slots[index as usize].successor = successor;
-                return;
+        // Vacated slots are out of rotation already: they get the room first.
+        self.start_vacated(&mut n_live, max_live);
+        for index in 0..self.slots.len() {
+            let slot = &mut self.slots[index];
+            if !slot.stale || slot.successor.is_some() || slot.current.is_none() {
+                continue;
             }
-            // Not serving anyway: replace it directly.
-            if let Some(handle) = self.slots[index as usize].current.take() {
+            if slot.healthy_since.is_none() {
+                // Not serving anyway: stop it and start its replacement once there is room.
+                let Some(handle) = slot.current.take() else { continue };
+                slot.stale = false;
+                slot.vacated = true;
                 self.retire(handle, UNHEALTHY_GRACE, ExitReason::Stopped);
-                let started = self.start_instance(index);
-                self.slots[index as usize].current = started;
+                continue;
             }
+            if let Some(at) = slot.successor_at {
+                if at > now {
+                    continue;
+                }
+                slot.successor_at = None;
+            }
+            if n_successors < max_surge && n_live < max_live {
+                let started = self.start_instance(index as u32);
+                if let Some(successor) = started {
+                    self.record(
+                        index as u32,
+                        &successor.id,
+                        "started as a successor; the current instance serves until it is healthy",
+                    );
+                    self.slots[index].successor = Some(successor);
+                    n_live += 1;
+                    n_successors += 1;
+                }
+                continue;
+            }
+            // A slot whose successors failed keeps its serving instance: taking it out first would only
+            // swap a working replica for one that does not start.
+            let successors_failed = slot.successor_tracker.fast_failures() > 0;
+            if n_in_rotation > min_in_rotation && !successors_failed {
+                let Some(handle) = slot.current.take() else { continue };
+                slot.healthy_since = None;
+                slot.stale = false;
+                slot.vacated = true;
+                n_in_rotation -= 1;
+                self.record(index as u32, &handle.id, "stopping it to replace it (max_unavailable)");
+                self.retire(handle, self.config.stop_timeout, ExitReason::Stopped);
+            }
+        }
+        self.start_vacated(&mut n_live, max_live);
+    }
+
+    fn start_vacated(&mut self, n_live: &mut u32, max_live: u32) {
+        for index in 0..self.slots.len() {
+            if !self.slots[index].vacated || *n_live >= max_live {
+                continue;
+            }
+            let started = self.start_instance(index as u32);
+            let slot = &mut self.slots[index];
+            slot.vacated = false;
+            // A failed start leaves the slot to the ordinary restart backoff.
+            *n_live += u32::from(started.is_some());
+            slot.current = started;
         }
     }
 
@@ -381,7 +505,10 @@ impl ServiceActor {
         if self.stopped {
             return None;
         }
-        self.slots.iter().filter(|slot| slot.current.is_none()).filter_map(|slot| slot.restart_at).min()
+        let restarts = self.slots.iter().filter(|slot| slot.current.is_none() && !slot.vacated);
+        let successors = self.slots.iter().filter(|slot| slot.stale && slot.successor.is_none());
+        let restart_at = restarts.filter_map(|slot| slot.restart_at);
+        restart_at.chain(successors.filter_map(|slot| slot.successor_at)).min()
     }
 
     fn in_rotation(&self) -> Vec<Endpoint> {
@@ -424,6 +551,8 @@ impl ServiceActor {
                 (Some(_), Some(_)) => ReplicaState::Healthy,
                 (Some(_), None) => ReplicaState::Starting,
                 (None, _) if self.stopped => ReplicaState::Stopped,
+                // Waiting for its stopped predecessor to exit.
+                (None, _) if slot.vacated => ReplicaState::Starting,
                 (None, _) if looping => ReplicaState::CrashLoop,
                 (None, _) => ReplicaState::Backoff,
             };
@@ -456,12 +585,22 @@ impl ServiceActor {
         } else {
             ServiceState::Degraded
         };
+        let on_release = |slot: &&Slot| {
+            slot.healthy_since.is_some() && slot.current.as_ref().is_some_and(|h| h.release == self.config.release)
+        };
+        let updated_replicas = self.slots.iter().filter(on_release).count() as u32;
+        let converged = !self.stopped
+            && self.retiring.is_empty()
+            && self.slots.iter().all(|slot| !slot.stale && !slot.vacated && slot.successor.is_none())
+            && updated_replicas as usize == self.slots.len();
         ServiceStatus {
             name: self.config.name.clone(),
             release: self.config.release.clone(),
             desired_replicas: self.config.replicas,
             state,
             replicas,
+            converged,
+            updated_replicas,
             memory_limit_bytes: self.config.limits.memory_bytes,
             memory_enforcement: self.ctx.cgroups.enforcement(),
         }
@@ -473,6 +612,7 @@ fn replica_row(slot: &Slot, handle: Option<&InstanceHandle>, state: ReplicaState
     ReplicaStatus {
         index: slot.index,
         instance: handle.map(|h| h.id.clone()),
+        release: handle.map(|h| h.release.clone()),
         state,
         pid: handle.map(|h| h.pid),
         port: handle.map(|h| h.addr.port()),
@@ -485,6 +625,23 @@ fn replica_row(slot: &Slot, handle: Option<&InstanceHandle>, state: ReplicaState
         cpu_percent: view.cpu_percent,
         rss_bytes: view.rss_bytes,
         retiring,
+    }
+}
+
+/// What the processes of `config` run, whatever the replica count and rollout bounds: two configs with the
+/// same `what_runs` need no replacement.
+fn what_runs(config: &ServiceConfig) -> ServiceConfig {
+    ServiceConfig { replicas: 0, max_surge: 0, max_unavailable: 0, ..config.clone() }
+}
+
+/// The serving instance is gone: a successor starting beside it (on the config's release) takes its place,
+/// rather than a third instance being started for the slot.
+fn promote_successor(slot: &mut Slot) {
+    if let Some(successor) = slot.successor.take() {
+        slot.current = Some(successor);
+        slot.restart_at = None;
+        slot.stale = false;
+        slot.successor_at = None;
     }
 }
 

@@ -105,6 +105,8 @@ impl std::fmt::Display for ExitReason {
 pub struct ReplicaStatus {
     pub index: u32,
     pub instance: Option<String>,
+    /// The release this instance runs; during a rollout it differs between rows.
+    pub release: Option<String>,
     pub state: ReplicaState,
     pub pid: Option<i32>,
     pub port: Option<u16>,
@@ -149,6 +151,12 @@ pub struct ServiceStatus {
     pub desired_replicas: u32,
     pub state: ServiceState,
     pub replicas: Vec<ReplicaStatus>,
+    /// The service runs `release` and nothing else is under way: it is not stopped, no replacement is
+    /// queued or starting, nothing is stopping, and every replica is healthy on `release`. A rollout is
+    /// done when this turns true.
+    pub converged: bool,
+    /// Replicas in rotation that run `release`: a rollout's progress.
+    pub updated_replicas: u32,
     pub memory_limit_bytes: Option<u64>,
     pub memory_enforcement: Enforcement,
 }

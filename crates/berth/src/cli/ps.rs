@@ -32,8 +32,16 @@ pub fn render(services: &[ServiceView]) -> String {
             .memory_limit_bytes
             .map(|bytes| format!("memory limit {} ({})", bytes_human(bytes), service.memory_enforcement))
             .unwrap_or_else(|| "no memory limit".to_owned());
+        // Instances of another release are running: a rollout (or a rollback) is under way.
+        let other_release =
+            service.replicas.iter().any(|r| r.release.as_ref().is_some_and(|rel| *rel != service.release));
+        let rolling = if other_release {
+            format!(" (rolling out: {}/{} updated)", service.updated_replicas, service.desired_replicas)
+        } else {
+            String::new()
+        };
         out += &format!(
-            "{}  {}  {}/{} healthy  release {}  {}\n",
+            "{}  {}  {}/{} healthy  release {}{rolling}  {}\n",
             service.name, service.state, service.healthy_replicas, service.desired_replicas, service.release, limit
         );
         let mut rows = vec![
