@@ -167,3 +167,6 @@ fn decode(service: &str, number: u32, bytes: &[u8]) -> Result<Release, StoreErro
     serde_json::from_slice(bytes)
         .map_err(|source| StoreError::Corrupt { name: format!("{service} release {number}"), source })
 }
+
+#[cfg(test)]
+mod tests;
