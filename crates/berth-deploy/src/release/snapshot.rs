@@ -96,7 +96,7 @@ impl Default for SnapshotOptions {
         let author = ["USER", "LOGNAME"]
             .iter()
             .find_map(|var| std::env::var(var).ok().filter(|name| !name.is_empty()))
-            .unwrap_or_else(|| "unknown".to_owned());
+            .unwrap_or_else(user_name);
         SnapshotOptions { author, max_bytes: DEFAULT_MAX_SNAPSHOT_BYTES }
     }
 }
@@ -361,6 +361,18 @@ fn git_commit(dir: &Path) -> Option<GitCommit> {
     Some(GitCommit { sha, dirty })
 }
 
+/// The name of the daemon's user from /etc/passwd (services often run without `$USER`), else `uid N`.
+fn user_name() -> String {
+    let uid = rustix::process::getuid().as_raw().to_string();
+    let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
+    passwd
+        .lines()
+        .map(|line| line.split(':').collect::<Vec<&str>>())
+        .find(|fields| fields.get(2) == Some(&uid.as_str()))
+        .and_then(|fields| fields.first().map(|name| (*name).to_owned()))
+        .unwrap_or_else(|| format!("uid {uid}"))
+}
+
 /// Gives the owner write permission on `path` and, for a directory, on everything under it.
 fn make_writable(path: &Path) -> std::io::Result<()> {
     let meta = fs::symlink_metadata(path)?;
@@ -387,7 +399,7 @@ fn largest_entries(entries: &[Entry], n: usize) -> String {
         slot.1 |= is_dir;
     }
     let mut sizes: Vec<(PathBuf, (u64, bool))> = sizes.into_iter().collect();
-    sizes.sort_by(|a, b| b.1.0.cmp(&a.1.0));
+    sizes.sort_by_key(|(_, (size, _))| std::cmp::Reverse(*size));
     let shown: Vec<String> = sizes
         .iter()
         .take(n)

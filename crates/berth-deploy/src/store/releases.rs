@@ -108,35 +108,40 @@ impl Store {
 
     /// Keeps the newest `keep` releases of `service` and every release in `protect` (the live one, the one
     /// to roll back to); deletes the other records and their directories. Also removes directories of
-    /// older numbers that have no record (left by a deploy that died between snapshot and record).
+    /// older numbers that have no record (left by a deploy that died between snapshot and record). Assumes
+    /// one deploy per service at a time: a slower deploy holding an older number than a finished one
+    /// would look like an orphan.
     /// Returns the numbers whose records were deleted, newest first.
     pub fn prune_releases(&self, service: &str, keep: usize, protect: &[u32]) -> Result<Vec<u32>, StoreError> {
         let releases = self.releases(service)?;
-        let (kept, pruned): (Vec<(usize, &Release)>, Vec<(usize, &Release)>) =
-            releases.iter().enumerate().partition(|(idx, release)| *idx < keep || protect.contains(&release.number));
+        let mut kept: Vec<&Release> = Vec::new();
+        let mut pruned: Vec<&Release> = Vec::new();
+        for (idx, release) in releases.iter().enumerate() {
+            if idx < keep || protect.contains(&release.number) { kept.push(release) } else { pruned.push(release) }
+        }
         // Records first: a directory left behind by a failed removal is an orphan the next prune removes,
         // while a record without its directory would be a release that cannot run.
         let txn = self.db.begin_write().map_err(db_err)?;
         {
             let mut table = txn.open_table(RELEASES).map_err(db_err)?;
-            for (_, release) in &pruned {
+            for release in &pruned {
                 table.remove((service, release.number)).map_err(db_err)?;
             }
         }
         txn.commit().map_err(db_err)?;
-        for (_, release) in &pruned {
+        for release in &pruned {
             remove_dir(&release.dir)?;
         }
         // Orphans: only below the oldest kept number, since a deploy in progress holds a newer number
         // whose directory exists before its record does.
-        let oldest_kept = kept.iter().map(|(_, release)| release.number).min();
+        let oldest_kept = kept.iter().map(|release| release.number).min();
         let releases_dir = releases.first().and_then(|release| release.dir.parent().map(Path::to_path_buf));
         if let (Some(oldest_kept), Some(releases_dir)) = (oldest_kept, releases_dir) {
             for orphan in orphan_dirs(&releases_dir, &releases, oldest_kept)? {
                 remove_dir(&orphan)?;
             }
         }
-        Ok(pruned.iter().map(|(_, release)| release.number).collect())
+        Ok(pruned.iter().map(|release| release.number).collect())
     }
 }
 
