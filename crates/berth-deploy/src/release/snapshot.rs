@@ -2,7 +2,8 @@
 //! record where it came from (git commit, author).
 //!
 //! Layout of `<state dir>/releases/<service>/<number>/`:
-//! - `app/`: the service directory, less `.git`, `target`, `node_modules` and the `.berthignore` entries,
+//! - `app/`: the service directory, less `.git`, `target`, `node_modules`, the `.berthignore` entries and the
+//!   state dir (should it be inside),
 //!   with `app.toml` replaced by the effective source the release was made from;
 //! - `bin/<program>`: the program, when `run.command[0]` is a path that resolves outside `app/`.
 //!
@@ -63,7 +64,7 @@ pub fn snapshot_with(
         remove_tree(&partial).map_err(io_err("remove the unfinished snapshot", &partial))?;
     }
     fs::create_dir_all(&partial).map_err(io_err("create", &partial))?;
-    let copied = copy_release(service, &partial, &dir, options.max_bytes);
+    let copied = copy_release(service, state_dir, &partial, options.max_bytes);
     let copied = match copied {
         Ok(copied) => copied,
         Err(error) => {
@@ -138,14 +139,19 @@ struct Excludes {
     names: Vec<String>,
     /// Paths relative to the service directory.
     paths: Vec<PathBuf>,
-    /// The state dir's releases, when they live inside the service directory.
+    /// The state dir (store, logs, releases), should it be inside the service directory.
     absolute: Option<PathBuf>,
 }
 
-fn copy_release(service: &LoadedService, partial: &Path, dir: &Path, max_bytes: u64) -> Result<Copied, ReleaseError> {
+fn copy_release(
+    service: &LoadedService,
+    state_dir: &Path,
+    partial: &Path,
+    max_bytes: u64,
+) -> Result<Copied, ReleaseError> {
     let name = service.spec.name.get_ref();
     let source_dir = fs::canonicalize(&service.dir).map_err(io_err("read", &service.dir))?;
-    let excludes = Excludes::read(&source_dir, dir)?;
+    let excludes = Excludes::read(&source_dir, state_dir)?;
     let mut entries = Vec::new();
     walk(&source_dir, Path::new(""), &excludes, &mut entries)?;
     let total: u64 = entries.iter().map(Entry::size).sum();
@@ -214,12 +220,8 @@ fn copy_release(service: &LoadedService, partial: &Path, dir: &Path, max_bytes: 
 }
 
 impl Excludes {
-    fn read(source_dir: &Path, release_dir: &Path) -> Result<Excludes, ReleaseError> {
-        let mut res = Excludes {
-            names: Vec::new(),
-            paths: Vec::new(),
-            absolute: release_dir.parent().and_then(|p| p.parent()).and_then(|p| fs::canonicalize(p).ok()),
-        };
+    fn read(source_dir: &Path, state_dir: &Path) -> Result<Excludes, ReleaseError> {
+        let mut res = Excludes { names: Vec::new(), paths: Vec::new(), absolute: fs::canonicalize(state_dir).ok() };
         let file = source_dir.join(IGNORE_FILE);
         let text = match fs::read_to_string(&file) {
             Ok(text) => text,

@@ -166,6 +166,17 @@ fn a_program_inside_an_excluded_directory_is_copied_too() {
 }
 
 #[test]
+fn a_state_dir_inside_the_service_dir_is_not_copied_into_itself() {
+    let fixture = Fixture::new();
+    let state_dir = fixture.service_dir.join("state");
+    let first = snapshot(&state_dir, &fixture.service(), 1).expect("snapshot");
+    let second = snapshot(&state_dir, &fixture.service(), 2).expect("snapshot");
+    assert!(!second.app_dir().join("state").exists(), "the releases are not part of the service");
+    assert_eq!(second.artifact_hash, first.artifact_hash);
+    remove_tree(&state_dir).expect("clean up");
+}
+
+#[test]
 fn a_missing_program_is_refused_with_its_path() {
     let fixture = Fixture::new();
     fs::remove_file(&fixture.program).expect("remove program");
