@@ -14,7 +14,7 @@ use bytes::Bytes;
 use tokio::sync::{Notify, broadcast, mpsc};
 
 use crate::body::ChannelBody;
-use crate::wire::{CachePurgeRequest, CachePurgeView, ErrorBody, LogsQuery, ScaleRequest, ServiceView};
+use crate::wire::{CachePurgeRequest, CachePurgeView, ErrorBody, LogsQuery, ReleaseView, ScaleRequest, ServiceView};
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -40,6 +40,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/services/{name}/start", post(start))
         .route("/services/{name}/logs", get(logs))
         .route("/services/{name}/cache/purge", post(purge_cache))
+        .route("/services/{name}/releases", get(releases))
         .route("/shutdown", post(shutdown))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
@@ -120,6 +121,12 @@ async fn status(State(state): State<ApiState>) -> Json<Vec<ServiceView>> {
 async fn service(State(state): State<ApiState>, Path(name): Path<String>) -> Result<Json<ServiceView>, ApiError> {
     let status = state.platform.service_status(&name).await?;
     Ok(Json(ServiceView::from_status(&status)))
+}
+
+/// The service's releases, newest first.
+async fn releases(State(state): State<ApiState>, Path(name): Path<String>) -> Result<Json<Vec<ReleaseView>>, ApiError> {
+    let releases = state.platform.releases(&name)?;
+    Ok(Json(releases.iter().map(ReleaseView::from_release).collect()))
 }
 
 async fn scale(

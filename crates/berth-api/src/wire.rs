@@ -88,6 +88,33 @@ pub struct LogsQuery {
     pub follow: bool,
 }
 
+/// One release of a service, as `GET /v1/services/{name}/releases` lists them (newest first).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseView {
+    pub service: String,
+    pub number: u32,
+    /// SHA-256 (hex) of the release's files.
+    pub artifact_hash: String,
+    /// The config's identity, as `ServiceView::release` shows the running one.
+    pub config_hash: String,
+    /// Full git commit id, when the service directory was in a git work tree.
+    pub commit: Option<String>,
+    /// The work tree had changes not in `commit`.
+    pub dirty: bool,
+    pub author: String,
+    pub created_ms: u64,
+    /// One of: rolling, bluegreen, canary; none before the release is deployed.
+    pub strategy: Option<String>,
+    /// One of: built, deploying, live, superseded, rolled-back, failed.
+    pub outcome: String,
+    /// Why it was rolled back or failed.
+    pub reason: Option<String>,
+    pub deploy_started_ms: Option<u64>,
+    pub deploy_finished_ms: Option<u64>,
+    /// The release directory on the daemon's machine.
+    pub dir: String,
+}
+
 /// Written by the daemon to `<state dir>/daemon.json` once its API listens.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DaemonInfo {
@@ -115,6 +142,34 @@ impl ServiceView {
             memory_limit_bytes: status.memory_limit_bytes,
             memory_enforcement: status.memory_enforcement.describe().to_owned(),
             replicas,
+        }
+    }
+}
+
+impl ReleaseView {
+    pub fn from_release(release: &berth_deploy::Release) -> ReleaseView {
+        ReleaseView {
+            service: release.service.clone(),
+            number: release.number,
+            artifact_hash: release.artifact_hash.clone(),
+            config_hash: release.config_hash.clone(),
+            commit: release.commit.as_ref().map(|commit| commit.sha.clone()),
+            dirty: release.commit.as_ref().is_some_and(|commit| commit.dirty),
+            author: release.author.clone(),
+            created_ms: release.created_ms,
+            strategy: release.strategy.map(|strategy| {
+                match strategy {
+                    berth_spec::Strategy::Rolling => "rolling",
+                    berth_spec::Strategy::Bluegreen => "bluegreen",
+                    berth_spec::Strategy::Canary => "canary",
+                }
+                .to_owned()
+            }),
+            outcome: release.outcome.as_str().to_owned(),
+            reason: release.outcome.reason().map(str::to_owned),
+            deploy_started_ms: release.deploy_started_ms,
+            deploy_finished_ms: release.deploy_finished_ms,
+            dir: release.dir.display().to_string(),
         }
     }
 }

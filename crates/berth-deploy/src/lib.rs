@@ -5,10 +5,18 @@
 pub mod analysis;
 mod load;
 mod platform;
+mod release;
 mod store;
 mod translate;
 
-pub use load::{LoadError, LoadedService, discover, load_dir, load_platform, run_build};
+pub use load::{LoadError, LoadedService, discover, load_dir, load_platform};
 pub use platform::{Platform, PlatformError};
+pub use release::{
+    DEFAULT_MAX_SNAPSHOT_BYTES, DEFAULT_STEP_TIMEOUT, GitCommit, Release, ReleaseError, ReleaseOutcome,
+    SnapshotOptions, StepError, StepKind, StepLine, StepOptions, StepOutcome, StepStream, TAIL_LINES, run_step,
+    run_step_with, snapshot, snapshot_with,
+};
 pub use store::{DesiredService, Store, StoreError};
-pub use translate::{pool_unit, to_routing_table, to_service_config, to_service_configs};
+pub use translate::{
+    pool_unit, release_identity, set_program, to_routing_table, to_service_config, to_service_configs,
+};

@@ -1,4 +1,4 @@
-//! Reading service directories: find `app.toml` files, parse them, run their build step.
+//! Reading service directories: find `app.toml` files and parse them.
 
 use std::path::{Path, PathBuf};
 
@@ -12,6 +12,9 @@ pub struct LoadedService {
     pub file: PathBuf,
     pub source: String,
     pub spec: Spec,
+    /// The program to run instead of `run.command[0]`: a release's copy of a binary that lived outside the
+    /// service directory (see `Release::load`). `None` for a service loaded from its own directory.
+    pub program: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -23,8 +26,6 @@ pub enum LoadError {
     /// The spec is invalid; `rendered` holds every diagnostic, ready to print.
     #[error("{path} is invalid:\n{rendered}")]
     Invalid { path: String, rendered: String },
-    #[error("build of `{service}` failed: {detail}")]
-    Build { service: String, detail: String },
     #[error("two platform configs: {first} and {second}")]
     TwoPlatformConfigs { first: String, second: String },
 }
@@ -35,7 +36,6 @@ impl LoadError {
         match self {
             LoadError::NoSpec { .. } => Some("run `berth init DIR` to create one, or pass the directory that holds it"),
             LoadError::Invalid { .. } => Some("fix the file and try again; `berth check DIR` shows every problem"),
-            LoadError::Build { .. } => Some("fix the build, or pass --no-build to start what was built before"),
             LoadError::TwoPlatformConfigs { .. } => Some("keep one berth.toml: the platform has one set of listeners"),
             LoadError::Read { .. } => None,
         }
@@ -70,7 +70,7 @@ pub fn load_dir(dir: &Path) -> Result<LoadedService, LoadError> {
         _ => LoadError::Read { path: file.display().to_string(), source },
     })?;
     let spec = parse(&file, &source)?;
-    Ok(LoadedService { dir, file, source, spec })
+    Ok(LoadedService { dir, file, source, spec, program: None })
 }
 
 /// The platform config from the directories given to `berth up`: the one `berth.toml` among them, with
@@ -107,23 +107,6 @@ pub(crate) fn parse(file: &Path, source: &str) -> Result<Spec, LoadError> {
     let shown = display_path(file);
     berth_spec::parse(&shown, source)
         .map_err(|diags| LoadError::Invalid { path: shown.clone(), rendered: berth_spec::render_all(&diags, source) })
-}
-
-/// Runs the service's `[build]` command in its directory, output going straight to the terminal.
-pub fn run_build(service: &LoadedService) -> Result<bool, LoadError> {
-    let Some(build) = &service.spec.build else { return Ok(false) };
-    let name = &service.spec.name;
-    let build_err = |detail: String| LoadError::Build { service: name.to_string(), detail };
-    let (program, args) = build.command.split_first().ok_or_else(|| build_err("empty build command".into()))?;
-    let status = std::process::Command::new(program)
-        .args(args)
-        .current_dir(&service.dir)
-        .status()
-        .map_err(|error| build_err(format!("cannot run `{program}`: {error}")))?;
-    if !status.success() {
-        return Err(build_err(format!("`{}` {status}", build.command.join(" "))));
-    }
-    Ok(true)
 }
 
 /// A path as the user would write it: relative to the current directory when it is below it.

@@ -10,8 +10,9 @@ use tokio::sync::Notify;
 use tracing::{error, info};
 
 use crate::load::{LoadError, LoadedService};
+use crate::release::Release;
 use crate::store::{DesiredService, Store, StoreError};
-use crate::translate::{pool_unit, to_routing_table, to_service_configs};
+use crate::translate::{pool_unit, set_program, to_routing_table, to_service_configs};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlatformError {
@@ -61,8 +62,13 @@ impl Platform {
     /// Records `service` as desired, as its file says (an explicit deploy clears `scale` and `stop` overrides).
     /// Takes effect at the next `apply`.
     pub fn put(&self, service: &LoadedService) -> Result<(), PlatformError> {
-        let desired =
-            DesiredService { dir: service.dir.clone(), source: service.source.clone(), replicas: None, stopped: false };
+        let desired = DesiredService {
+            dir: service.dir.clone(),
+            source: service.source.clone(),
+            replicas: None,
+            stopped: false,
+            program: service.program.clone(),
+        };
         self.store.put(&service.spec.name.to_string(), &desired)?;
         Ok(())
     }
@@ -130,6 +136,15 @@ impl Platform {
         Ok(self.supervisor.service_status(name).await?)
     }
 
+    /// The service's releases, newest first.
+    pub fn releases(&self, name: &str) -> Result<Vec<Release>, PlatformError> {
+        let releases = self.store.releases(name)?;
+        if releases.is_empty() {
+            self.desired(name)?;
+        }
+        Ok(releases)
+    }
+
     pub fn supervisor(&self) -> &Supervisor {
         &self.supervisor
     }
@@ -141,7 +156,10 @@ impl Platform {
 
     fn apply(&self, name: &str, desired: &DesiredService) -> Result<(), PlatformError> {
         let spec = crate::load::parse(&desired.dir.join("app.toml"), &desired.source)?;
-        let configs = to_service_configs(&spec, &desired.dir, desired.replicas);
+        let mut configs = to_service_configs(&spec, &desired.dir, desired.replicas);
+        if let Some(program) = &desired.program {
+            configs.iter_mut().for_each(|config| set_program(config, program));
+        }
         lock(&self.specs).insert(name.to_owned(), spec);
         self.specs_changed.notify_one();
         for config in configs {

@@ -2,7 +2,9 @@
 //!
 //! Each service is stored as the app.toml text it was started from plus the operator's overrides (scale,
 //! stop). Keeping the source rather than a parsed form makes the spec file itself the on-disk format: boot
-//! re-parses it with the same pure parser, so nothing can drift.
+//! re-parses it with the same pure parser, so nothing can drift. Release records are in `store/releases.rs`.
+
+mod releases;
 
 use std::path::{Path, PathBuf};
 
@@ -21,6 +23,9 @@ pub struct DesiredService {
     pub replicas: Option<u32>,
     /// Set by `berth stop`, cleared by `berth start`.
     pub stopped: bool,
+    /// A release's copy of the program, run instead of `run.command[0]` (`LoadedService::program`).
+    #[serde(default)]
+    pub program: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +36,10 @@ pub enum StoreError {
     Db(String),
     #[error("state database holds an unreadable record for `{name}`: {source}")]
     Corrupt { name: String, source: serde_json::Error },
+    #[error("`{service}` has no release {number}")]
+    NoRelease { service: String, number: u32 },
+    #[error("cannot remove the pruned release {path}: {source}")]
+    Prune { path: String, source: std::io::Error },
 }
 
 pub struct Store {
@@ -101,8 +110,13 @@ mod tests {
     fn survives_reopen() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("state.redb");
-        let desired =
-            DesiredService { dir: "/srv/a".into(), source: "name = \"a\"".into(), replicas: Some(3), stopped: false };
+        let desired = DesiredService {
+            dir: "/srv/a".into(),
+            source: "name = \"a\"".into(),
+            replicas: Some(3),
+            stopped: false,
+            program: None,
+        };
         {
             let store = Store::open(&path).expect("open");
             assert_eq!(store.list().expect("list"), vec![]);

@@ -32,12 +32,9 @@ pub fn to_service_configs(spec: &Spec, dir: &Path, replicas_override: Option<u32
 /// What the supervisor runs for `spec`'s own replicas (not its pools), whose directory is `dir`. Pure.
 pub fn to_service_config(spec: &Spec, dir: &Path, replicas_override: Option<u32>) -> ServiceConfig {
     let env = spec.env.iter().chain(spec.run.env.iter()).map(|(k, v)| (k.clone(), v.clone())).collect();
-    // Scaling is not a release: the replica count stays out of the release identity.
-    let mut release_spec = spec.clone();
-    release_spec.replicas = toml::Spanned::new(0..0, 0);
     ServiceConfig {
         name: spec.name.to_string(),
-        release: berth_spec::release_hash(&release_spec),
+        release: release_identity(spec),
         replicas: replicas_override.unwrap_or(*spec.replicas.get_ref()),
         command: spec.run.command.clone(),
         workdir: dir.join(&spec.run.workdir),
@@ -54,6 +51,22 @@ pub fn to_service_config(spec: &Spec, dir: &Path, replicas_override: Option<u32>
         limits: Limits { memory_bytes: Some(spec.size.memory_bytes), cpu_millis: Some(spec.size.cpu_millis) },
         max_surge: spec.deploy.max_surge,
         max_unavailable: spec.deploy.max_unavailable,
+    }
+}
+
+/// The config's identity as the supervisor sees it (`ServiceConfig::release`). Pure.
+pub fn release_identity(spec: &Spec) -> String {
+    // Scaling is not a release: the replica count stays out of the release identity.
+    let mut release_spec = spec.clone();
+    release_spec.replicas = toml::Spanned::new(0..0, 0);
+    berth_spec::release_hash(&release_spec)
+}
+
+/// Makes `config` run `program` (a release's copy of the binary) instead of `run.command[0]`.
+pub fn set_program(config: &mut ServiceConfig, program: &Path) {
+    match config.command.first_mut() {
+        Some(first) => *first = program.display().to_string(),
+        None => config.command.push(program.display().to_string()),
     }
 }
 

@@ -9,6 +9,7 @@ mod check;
 mod control;
 mod logs;
 mod ps;
+mod releases;
 mod up;
 
 use std::process::ExitCode;
@@ -30,6 +31,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Cmd::Up(up) => up::up(&state_dir, up, runtime()?),
         Cmd::Ps(ps) | Cmd::Status(ps) => runtime()?.block_on(ps::ps(&state_dir, &ps)),
         Cmd::Logs(logs) => runtime()?.block_on(logs::logs(&state_dir, &logs)),
+        Cmd::Releases(releases) => runtime()?.block_on(releases::releases(&state_dir, &releases)),
         Cmd::Restart(target) => runtime()?.block_on(control::restart(&state_dir, &target)),
         Cmd::Scale(scale) => runtime()?.block_on(control::scale(&state_dir, &scale)),
         Cmd::Stop(target) => runtime()?.block_on(control::stop(&state_dir, &target)),

@@ -41,6 +41,8 @@ pub enum Cmd {
     Status(PsArgs),
     /// Show a service's logs
     Logs(LogsArgs),
+    /// Show a service's releases, newest first: when, which commit, how each deploy went
+    Releases(ReleasesArgs),
     /// Replace every replica of a service, one at a time, without downtime
     Restart(TargetArgs),
     /// Set a service's number of replicas
@@ -176,6 +178,13 @@ pub struct LogsArgs {
     #[arg(long, value_name = "N")]
     pub tail: Option<usize>,
     /// One JSON object per line
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReleasesArgs {
+    pub service: String,
     #[arg(long)]
     pub json: bool,
 }

@@ -31,6 +31,8 @@ pub fn render(error: &anyhow::Error) {
             .chain()
             .find_map(|cause| cause.downcast_ref::<berth_deploy::LoadError>())
             .and_then(|e| e.hint())
+            .or_else(|| error.chain().find_map(|cause| cause.downcast_ref::<berth_deploy::StepError>())?.hint())
+            .or_else(|| error.chain().find_map(|cause| cause.downcast_ref::<berth_deploy::ReleaseError>())?.hint())
             .map(str::to_owned)
     });
     if let Some(hint) = hint {

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use berth_deploy::{LoadedService, discover, load_dir, run_build};
+use berth_deploy::{LoadedService, StepKind, discover, load_dir, run_step};
 use tracing_subscriber::EnvFilter;
 
 use super::args::{LogFormat, UpArgs};
@@ -26,7 +26,7 @@ pub fn up(state_dir: &Path, args: UpArgs, runtime: tokio::runtime::Runtime) -> a
         for service in &services {
             if let Some(build) = &service.spec.build {
                 eprintln!("berth: building {} ({})", service.spec.name, build.command.join(" "));
-                run_build(service)?;
+                run_step(StepKind::Build, service, &mut |line| eprintln!("  {}", line.text))?;
             }
         }
     }
