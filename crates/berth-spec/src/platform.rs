@@ -48,6 +48,8 @@ pub struct GatewayListeners {
     pub https: Spanned<Listen>,
     /// HTTP/3 over QUIC on the HTTPS listener's port.
     pub http3: Spanned<bool>,
+    /// One `berth::access` log event per request.
+    pub access_log: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -100,6 +102,14 @@ impl fmt::Display for Listen {
     }
 }
 
+impl std::str::FromStr for Listen {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Listen, String> {
+        Listen::parse(text)
+    }
+}
+
 impl Serialize for Listen {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(self)
@@ -123,6 +133,7 @@ impl Default for GatewayListeners {
             http: listen(PlatformConfig::DEFAULT_HTTP),
             https: listen(PlatformConfig::DEFAULT_HTTPS),
             http3: Spanned::new(0..0, true),
+            access_log: false,
         }
     }
 }
@@ -157,6 +168,13 @@ pub fn parse_platform(file: &str, source: &str) -> Result<PlatformConfig, Vec<Di
             gateway.http3.span(),
             "`http3 = true` in [gateway] needs the HTTPS listener, which is `off`".to_owned(),
             "HTTP/3 runs on the HTTPS port: set `https` to an address, or `http3 = false`",
+        ));
+    }
+    if *config.api.listen.get_ref() == Listen::Off {
+        diags.push(error(
+            config.api.listen.span(),
+            "the control API cannot be `off`: every berth command talks to it".to_owned(),
+            "give it a loopback address, e.g. `listen = \"127.0.0.1:9190\"`",
         ));
     }
     let listeners = [("http", &gateway.http), ("https", &gateway.https), ("api", &config.api.listen)];

@@ -12,19 +12,23 @@ use berth_api::wire::DaemonInfo;
 use berth_deploy::{LoadedService, Platform, Store};
 use berth_gateway::{CertificateFiles, Gateway, GatewayConfig, Listeners, TlsConfig};
 use berth_supervisor::{RestartBackoff, Supervisor, SupervisorConfig, logs::LogLimits};
+use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
 pub struct DaemonOptions {
     pub state_dir: PathBuf,
     pub api: SocketAddr,
-    pub gateway: SocketAddr,
+    /// The plain HTTP listener; `None`: off.
+    pub gateway: Option<SocketAddr>,
     /// Log every request the gateway answers (target `berth::access`).
     pub access_log: bool,
     /// The HTTPS listener; `None`: plain HTTP only.
     pub https: Option<SocketAddr>,
     /// HTTP/3 on the HTTPS port (over UDP).
     pub http3: bool,
+    /// User certificates for HTTPS and HTTP/3; hosts without one get a self-signed certificate.
+    pub certificates: Vec<CertificateFiles>,
     /// Services to deploy at startup, besides those stored from earlier runs.
     pub services: Vec<LoadedService>,
 }
@@ -35,7 +39,9 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
     let token = state_dir::ensure_token(&state_dir)?;
 
     // Services without a certificate of their own get a self-signed one, kept in the state dir.
-    let tls = options.https.map(|_| TlsConfig { certificates: Vec::new(), self_signed_dir: state_dir.join("certs") });
+    let tls = options
+        .https
+        .map(|_| TlsConfig { certificates: options.certificates.clone(), self_signed_dir: state_dir.join("certs") });
     let gateway = Gateway::new(GatewayConfig { tls, access_log: options.access_log, ..GatewayConfig::default() });
     let drain_gateway = gateway.clone();
     let supervisor = Supervisor::start(SupervisorConfig {
@@ -53,8 +59,11 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
         })),
     })?;
     let store = Store::open(&state_dir.join("state.redb"))?;
-    let gateway_listener = bind(options.gateway, "the gateway", "--gateway").await?;
-    let gateway_addr = gateway_listener.local_addr()?;
+    let gateway_listener = match options.gateway {
+        Some(addr) => Some(bind(addr, "the gateway", "--gateway").await?),
+        None => None,
+    };
+    let gateway_addr = gateway_listener.as_ref().map(TcpListener::local_addr).transpose()?;
     let secure = bind_secure(options.https, options.http3).await?;
     let https_addr = secure.as_ref().map(|(https, _)| https.local_addr()).transpose()?;
     let platform = Arc::new(Platform::new(store, supervisor, gateway.clone()));
@@ -71,7 +80,7 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
     let api = listener.local_addr()?;
     let gateway_server = tokio::spawn(async move {
         let (https, http3) = secure.map_or((None, None), |(https, http3)| (Some(https), http3));
-        if let Err(error) = gateway.serve(Listeners { http: Some(gateway_listener), https, http3 }).await {
+        if let Err(error) = gateway.serve(Listeners { http: gateway_listener, https, http3 }).await {
             warn!(error = %error, "gateway stopped");
         }
     });
@@ -82,10 +91,12 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
             warn!(error = %error, "control API stopped");
         }
     });
-    let info = DaemonInfo { api, gateway: Some(gateway_addr), https: https_addr, pid: std::process::id() };
+    let info = DaemonInfo { api, gateway: gateway_addr, https: https_addr, pid: std::process::id() };
     state_dir::write_info(&state_dir, &info)?;
-    info!(api = %api, gateway = %gateway_addr, state_dir = %state_dir.display(), "daemon ready");
-    eprintln!("berth: gateway on http://{gateway_addr} (http://<service>.localhost:{}/)", gateway_addr.port());
+    info!(api = %api, gateway = ?gateway_addr, https = ?https_addr, state_dir = %state_dir.display(), "daemon ready");
+    if let Some(addr) = gateway_addr {
+        eprintln!("berth: gateway on http://{addr} (http://<service>.localhost:{}/)", addr.port());
+    }
     if let Some(https_addr) = https_addr {
         eprintln!(
             "berth: HTTPS on https://{https_addr} (self-signed certificates in {})",

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use berth_spec::Listen;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -81,24 +82,6 @@ pub struct GatewayArgs {
     pub no_http3: bool,
 }
 
-/// A listen address, or `off`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OptionalAddr(pub Option<SocketAddr>);
-
-impl std::str::FromStr for OptionalAddr {
-    type Err = String;
-
-    fn from_str(value: &str) -> Result<Self, Self::Err> {
-        if value == "off" {
-            return Ok(OptionalAddr(None));
-        }
-        value
-            .parse()
-            .map(|addr| OptionalAddr(Some(addr)))
-            .map_err(|_| format!("`{value}` is neither an address like 127.0.0.1:8443 nor `off`"))
-    }
-}
-
 #[derive(Debug, clap::Args)]
 pub struct InitArgs {
     /// Directory to create the files in
@@ -125,15 +108,16 @@ pub struct CheckArgs {
 pub struct UpArgs {
     /// Service directories (a directory without app.toml: each subdirectory that has one)
     pub dirs: Vec<PathBuf>,
-    /// Address of the control API
-    #[arg(long, default_value = "127.0.0.1:9190")]
-    pub api: SocketAddr,
-    /// Address of the gateway, the front door of every service
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    pub gateway: SocketAddr,
+    /// Address of the control API [default: berth.toml's, else 127.0.0.1:9190]
+    #[arg(long)]
+    pub api: Option<SocketAddr>,
+    /// Address of the gateway's plain HTTP listener, or `off` [default: berth.toml's, else 127.0.0.1:8080]
+    #[arg(long)]
+    pub gateway: Option<Listen>,
     /// Address of the gateway's HTTPS listener (HTTP/3 uses the same port over UDP), or `off`
-    #[arg(long, default_value = "127.0.0.1:8443")]
-    pub https: OptionalAddr,
+    /// [default: berth.toml's, else 127.0.0.1:8443]
+    #[arg(long)]
+    pub https: Option<Listen>,
     /// No HTTP/3 listener (QUIC over UDP on the HTTPS port)
     #[arg(long)]
     pub no_http3: bool,

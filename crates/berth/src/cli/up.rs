@@ -3,13 +3,19 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use berth_deploy::{LoadedService, StepKind, discover, load_dir, run_step};
+use std::net::SocketAddr;
+
+use berth_deploy::{LoadedService, StepKind, discover, load_dir, load_platform, run_step};
+use berth_gateway::CertificateFiles;
 use tracing_subscriber::EnvFilter;
 
 use super::args::{LogFormat, UpArgs};
 use super::client::read_daemon_info;
 use super::error::user;
 use crate::daemon::{self, DaemonOptions};
+
+/// The control API's address when neither a flag nor berth.toml gives one (berth.toml cannot turn it off).
+const DEFAULT_API: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9190);
 
 pub fn up(state_dir: &Path, args: UpArgs, runtime: tokio::runtime::Runtime) -> anyhow::Result<ExitCode> {
     init_tracing(args.log_format);
@@ -20,6 +26,10 @@ pub fn up(state_dir: &Path, args: UpArgs, runtime: tokio::runtime::Runtime) -> a
             format!("a berth daemon (pid {}) is already running with state dir {}", info.pid, state_dir.display()),
             "use `berth ps` to talk to it, `berth down` to stop it, or pass another --state-dir",
         ));
+    }
+    let (platform_file, platform) = load_platform(&args.dirs)?;
+    if let Some(file) = &platform_file {
+        eprintln!("berth: platform config from {}", file.display());
     }
     let services = load_all(&args)?;
     if !args.no_build {
@@ -33,13 +43,25 @@ pub fn up(state_dir: &Path, args: UpArgs, runtime: tokio::runtime::Runtime) -> a
     for service in &services {
         eprintln!("berth: {} from {}", service.spec.name, service.dir.display());
     }
+    // A flag wins over berth.toml, which wins over the defaults.
+    let listeners = &platform.gateway;
+    let https = args.https.unwrap_or(*listeners.https.get_ref()).addr();
+    let certificates: Vec<CertificateFiles> = platform
+        .certificates
+        .iter()
+        .map(|c| CertificateFiles { cert: c.cert.get_ref().into(), key: c.key.get_ref().into() })
+        .collect();
+    if https.is_none() && !certificates.is_empty() {
+        eprintln!("berth: warning: HTTPS is off, so the certificates in berth.toml are not served");
+    }
     runtime.block_on(daemon::run(DaemonOptions {
         state_dir: state_dir.to_path_buf(),
-        api: args.api,
-        gateway: args.gateway,
-        access_log: args.access_log,
-        https: args.https.0,
-        http3: !args.no_http3,
+        api: args.api.or(platform.api.listen.get_ref().addr()).unwrap_or(DEFAULT_API),
+        gateway: args.gateway.unwrap_or(*listeners.http.get_ref()).addr(),
+        access_log: args.access_log || listeners.access_log,
+        https,
+        http3: !args.no_http3 && *listeners.http3.get_ref(),
+        certificates,
         services,
     }))?;
     Ok(ExitCode::SUCCESS)

@@ -32,3 +32,55 @@ fn https_and_http3_reach_a_replica_and_plain_http_redirects_when_asked() {
         runtime.block_on(h3_get(https, "web.localhost", "/", &Trust::CaFile(cert))).expect("HTTP/3 to the replica");
     assert_eq!(res.status, 200);
 }
+
+/// A CA and a leaf certificate for `names`, written as PEM files into `dir`: (ca, cert, key).
+fn user_certificate(
+    dir: &std::path::Path,
+    names: &[&str],
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("generate a CA key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).expect("self-sign the CA");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("generate a leaf key");
+    let params = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+        .expect("leaf parameters");
+    let cert = params.signed_by(&key, &issuer).expect("sign the leaf");
+    let paths = (dir.join("ca.pem"), dir.join("site.pem"), dir.join("site.key"));
+    std::fs::write(&paths.0, ca_cert.pem()).expect("write the CA");
+    std::fs::write(&paths.1, cert.pem()).expect("write the certificate");
+    std::fs::write(&paths.2, key.serialize_pem()).expect("write the key");
+    (paths.0, paths.1, paths.2)
+}
+
+#[test]
+fn berth_toml_gives_the_user_certificate_and_turns_the_access_log_on() {
+    let root = berth_test_support::temp_dir();
+    let certs = root.path().join("certs");
+    std::fs::create_dir_all(&certs).expect("mkdir certs");
+    let (ca, _, _) = user_certificate(&certs, &["api.example.test"]);
+    std::fs::write(
+        root.path().join("berth.toml"),
+        "[gateway]\naccess_log = true\n\n[[certificates]]\ncert = \"certs/site.pem\"\nkey = \"certs/site.key\"\n",
+    )
+    .expect("write berth.toml");
+    service_dir(root.path(), "api", &hello_spec("api", 1, "domains = [\"api.example.test\"]"));
+    // `up ROOT`: the services are ROOT's subdirectories and the platform config is ROOT/berth.toml.
+    let daemon = berth_test_support::Daemon::start(berth(), &root.path().join("state"), &[root.path()]);
+    wait_healthy(&daemon, "api", 1);
+
+    let https = daemon.https_addr();
+    let (status, head, _) = https_get(https, "api.example.test", "/", &ca, Duration::from_secs(5))
+        .expect("HTTPS with the user certificate");
+    assert_eq!(status, 200, "{head}");
+    // The self-signed certificate is still what api.localhost gets: it does not chain to the user's CA.
+    let self_signed = https_get(https, "api.localhost", "/", &ca, Duration::from_secs(5));
+    assert!(self_signed.is_err(), "api.localhost is not covered by the user certificate: {self_signed:?}");
+
+    let logged = berth_test_support::wait_until(Duration::from_secs(5), "an access log line", || {
+        let out = std::fs::read_to_string(daemon.state_dir().join("daemon.out")).ok()?;
+        out.contains("berth::access").then_some(())
+    });
+    assert_eq!(logged, ());
+}
