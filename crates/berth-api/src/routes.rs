@@ -8,13 +8,16 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use berth_deploy::{Platform, PlatformError};
+use berth_deploy::{Control, DeployRequest, Platform, PlatformError, RollbackRequest};
 use berth_supervisor::logs::LogQuery;
 use bytes::Bytes;
 use tokio::sync::{Notify, broadcast, mpsc};
 
 use crate::body::ChannelBody;
-use crate::wire::{CachePurgeRequest, CachePurgeView, ErrorBody, LogsQuery, ReleaseView, ScaleRequest, ServiceView};
+use crate::wire::{
+    CachePurgeRequest, CachePurgeView, DeployBody, DeployEventView, ErrorBody, LogsQuery, ReleaseView, RollbackBody,
+    ScaleRequest, ServiceView,
+};
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -33,7 +36,11 @@ pub async fn serve(listener: tokio::net::TcpListener, state: ApiState) -> std::i
 pub fn router(state: ApiState) -> Router {
     let v1 = Router::new()
         .route("/status", get(status))
-        .route("/services/{name}", get(service))
+        .route("/services/{name}", get(service).delete(delete))
+        .route("/deploy", post(deploy))
+        .route("/services/{name}/rollback", post(rollback))
+        .route("/services/{name}/promote", post(promote))
+        .route("/services/{name}/abort", post(abort))
         .route("/services/{name}/scale", post(scale))
         .route("/services/{name}/restart", post(restart))
         .route("/services/{name}/stop", post(stop))
@@ -58,6 +65,11 @@ enum ApiError {
         error: String,
         hint: String,
     },
+    /// The service is not in a state to do this now (a rollout under way, none to steer).
+    Conflict {
+        error: String,
+        hint: String,
+    },
     Internal(String),
 }
 
@@ -75,6 +87,7 @@ impl IntoResponse for ApiError {
                 Some("`berth ps` lists the services".to_owned()),
             ),
             ApiError::Invalid { error, hint } => (StatusCode::UNPROCESSABLE_ENTITY, error, Some(hint)),
+            ApiError::Conflict { error, hint } => (StatusCode::CONFLICT, error, Some(hint)),
             ApiError::Internal(error) => (StatusCode::INTERNAL_SERVER_ERROR, error, None),
         };
         (status, Json(ErrorBody { error, hint })).into_response()
@@ -87,6 +100,10 @@ impl From<PlatformError> for ApiError {
             PlatformError::UnknownService(name) => ApiError::UnknownService(name),
             PlatformError::Supervisor(berth_supervisor::SupervisorError::UnknownService(name)) => {
                 ApiError::UnknownService(name)
+            }
+            PlatformError::RolloutInProgress { .. } | PlatformError::NoRollout(_) | PlatformError::Invalid(_) => {
+                let hint = error.hint().unwrap_or_default();
+                ApiError::Conflict { error: error.to_string(), hint }
             }
             other => ApiError::Internal(other.to_string()),
         }
@@ -168,6 +185,74 @@ async fn purge_cache(
     }
     let purged = state.platform.purge_cache(&name, path.as_deref())?;
     Ok(Json(CachePurgeView { service: name, path, purged }))
+}
+
+/// Builds, tests, snapshots and rolls out a service directory; answers with the progress as NDJSON, ending
+/// with a `done` event. The deploy goes on if the client hangs up.
+async fn deploy(State(state): State<ApiState>, Json(body): Json<DeployBody>) -> Result<Response, ApiError> {
+    let strategy = match body.strategy.as_deref() {
+        None => None,
+        Some("rolling") => Some(berth_spec::Strategy::Rolling),
+        Some("bluegreen" | "blue-green") => Some(berth_spec::Strategy::Bluegreen),
+        Some("canary") => Some(berth_spec::Strategy::Canary),
+        Some(other) => {
+            return Err(ApiError::Invalid {
+                error: format!("unknown deploy strategy `{other}`"),
+                hint: "use `rolling`, `bluegreen` or `canary`".to_owned(),
+            });
+        }
+    };
+    let request = DeployRequest { dir: body.dir.into(), strategy, branch: body.branch };
+    let platform = state.platform.clone();
+    Ok(event_stream(move |events| async move { platform.deploy(request, events).await }))
+}
+
+/// Rolls a service back (at once to a warm old release, else by redeploying an earlier one); NDJSON progress.
+async fn rollback(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    body: Option<Json<RollbackBody>>,
+) -> Result<Response, ApiError> {
+    state.platform.service_status(&name).await?;
+    let to = body.and_then(|Json(body)| body.to);
+    let platform = state.platform.clone();
+    let request = RollbackRequest { service: name, to };
+    Ok(event_stream(move |events| async move { platform.rollback(request, events).await }))
+}
+
+async fn promote(State(state): State<ApiState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    state.platform.control(&name, Control::Promote)?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+async fn abort(State(state): State<ApiState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    state.platform.control(&name, Control::Abort)?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+async fn delete(State(state): State<ApiState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    state.platform.delete(&name).await?;
+    Ok(StatusCode::OK)
+}
+
+/// Runs `work` in its own task with a channel of deploy events, and streams them as NDJSON.
+fn event_stream<F, Fut>(work: F) -> Response
+where
+    F: FnOnce(mpsc::UnboundedSender<berth_deploy::DeployEvent>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    tokio::spawn(work(events_tx));
+    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            let mut line = serde_json::to_vec(&DeployEventView::from_event(event)).unwrap_or_default();
+            line.push(b'\n');
+            // A client that hung up stops the stream, not the deploy.
+            let _ = tx.send(Bytes::from(line)).await;
+        }
+    });
+    ([(header::CONTENT_TYPE, "application/x-ndjson")], axum::body::Body::new(ChannelBody { rx })).into_response()
 }
 
 async fn shutdown(State(state): State<ApiState>) -> StatusCode {

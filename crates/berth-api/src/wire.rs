@@ -205,3 +205,50 @@ impl ReplicaView {
 pub fn unix_ms(at: std::time::SystemTime) -> u64 {
     at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
+
+/// `POST /v1/deploy`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeployBody {
+    /// The service directory, absolute (the daemon reads it).
+    pub dir: String,
+    /// `rolling`, `bluegreen` or `canary`; default: the app.toml's `[deploy] strategy`.
+    #[serde(default)]
+    pub strategy: Option<String>,
+    /// Deploy a preview copy named `<service>-<branch>`.
+    #[serde(default)]
+    pub branch: Option<String>,
+}
+
+/// `POST /v1/services/{name}/rollback`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RollbackBody {
+    /// The release to return to; default: the one before the live one.
+    #[serde(default)]
+    pub to: Option<u32>,
+}
+
+/// One line of a deploy's NDJSON progress stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum DeployEventView {
+    Step { step: String, detail: String },
+    Output { step: String, line: String },
+    Progress { message: String },
+    Live { message: String },
+    Done { service: String, release: Option<u32>, ok: bool, message: String },
+}
+
+impl DeployEventView {
+    pub fn from_event(event: berth_deploy::DeployEvent) -> DeployEventView {
+        use berth_deploy::DeployEvent;
+        match event {
+            DeployEvent::Step { step, detail } => DeployEventView::Step { step, detail },
+            DeployEvent::Output { step, line } => DeployEventView::Output { step, line },
+            DeployEvent::Progress { message } => DeployEventView::Progress { message },
+            DeployEvent::Live { message } => DeployEventView::Live { message },
+            DeployEvent::Done { service, release, ok, message } => {
+                DeployEventView::Done { service, release, ok, message }
+            }
+        }
+    }
+}

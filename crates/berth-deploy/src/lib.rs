@@ -10,7 +10,7 @@ mod store;
 mod translate;
 
 pub use load::{LoadError, LoadedService, discover, load_dir, load_platform};
-pub use platform::{Platform, PlatformError};
+pub use platform::{Control, DeployEvent, DeployRequest, Platform, PlatformError, RollbackRequest};
 pub use release::{
     DEFAULT_MAX_SNAPSHOT_BYTES, DEFAULT_STEP_TIMEOUT, GitCommit, Release, ReleaseError, ReleaseOutcome,
     SnapshotOptions, StepError, StepKind, StepLine, StepOptions, StepOutcome, StepStream, TAIL_LINES, run_step,
@@ -18,5 +18,5 @@ pub use release::{
 };
 pub use store::{DesiredService, Store, StoreError};
 pub use translate::{
-    pool_unit, release_identity, set_program, to_routing_table, to_service_config, to_service_configs,
+    next_unit, pool_unit, release_identity, set_program, to_routing_table, to_service_config, to_service_configs,
 };

@@ -1,18 +1,23 @@
 //! The platform: desired state in the store, actual state in the supervisor, and the one path between them.
 
+mod rollout;
+
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use berth_gateway::Gateway;
 use berth_spec::Spec;
-use berth_supervisor::{ServiceStatus, Supervisor, SupervisorError};
+use berth_supervisor::{ServiceConfig, ServiceStatus, Supervisor, SupervisorError};
 use tokio::sync::Notify;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::load::{LoadError, LoadedService};
-use crate::release::Release;
+use crate::release::{Release, ReleaseOutcome};
 use crate::store::{DesiredService, Store, StoreError};
 use crate::translate::{pool_unit, set_program, to_routing_table, to_service_configs};
+
+pub use rollout::{Control, DeployEvent, DeployRequest, RollbackRequest};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlatformError {
@@ -24,32 +29,67 @@ pub enum PlatformError {
     Load(#[from] LoadError),
     #[error(transparent)]
     Supervisor(#[from] SupervisorError),
+    /// A rollout of the service is under way; one at a time.
+    #[error("a rollout of `{service}` is under way ({what})")]
+    RolloutInProgress { service: String, what: String },
+    #[error("no rollout of `{0}` is under way")]
+    NoRollout(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl PlatformError {
+    /// What the user can do about it.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            PlatformError::RolloutInProgress { service, .. } => Some(format!(
+                "wait for it to finish, or end it: `berth promote {service}` (go ahead now) or `berth abort {service}` \
+                 (roll back)"
+            )),
+            PlatformError::NoRollout(service) => Some(format!("`berth releases {service}` shows what ran when")),
+            PlatformError::UnknownService(_) => Some("`berth ps` lists the services".to_owned()),
+            _ => None,
+        }
+    }
 }
 
 pub struct Platform {
     store: Store,
     supervisor: Supervisor,
     gateway: Gateway,
-    /// The specs of the services being run, for the routing table.
-    specs: Arc<Mutex<BTreeMap<String, Spec>>>,
-    specs_changed: Arc<Notify>,
+    /// Where releases are kept (`<state dir>/releases`).
+    state_dir: PathBuf,
+    /// What the gateway's routing table is made of besides the endpoints.
+    routing: Arc<Mutex<Routing>>,
+    routing_changed: Arc<Notify>,
+    /// The rollout under way per service (at most one).
+    rollouts: Mutex<BTreeMap<String, rollout::Running>>,
+}
+
+/// The specs of the services being run and the traffic share of releases rolling out beside the live ones.
+#[derive(Default)]
+struct Routing {
+    specs: BTreeMap<String, Spec>,
+    next_weights: BTreeMap<String, u32>,
 }
 
 impl Platform {
     /// Must be called inside a tokio runtime: it starts the task that keeps the gateway's routing table in
     /// step with the supervisor's endpoints.
-    pub fn new(store: Store, supervisor: Supervisor, gateway: Gateway) -> Platform {
+    pub fn new(store: Store, supervisor: Supervisor, gateway: Gateway, state_dir: PathBuf) -> Platform {
         let platform = Platform {
             store,
             supervisor,
             gateway,
-            specs: Arc::new(Mutex::new(BTreeMap::new())),
-            specs_changed: Arc::new(Notify::new()),
+            state_dir,
+            routing: Arc::new(Mutex::new(Routing::default())),
+            routing_changed: Arc::new(Notify::new()),
+            rollouts: Mutex::new(BTreeMap::new()),
         };
         tokio::spawn(route_updates(
             platform.supervisor.endpoints(),
-            platform.specs.clone(),
-            platform.specs_changed.clone(),
+            platform.routing.clone(),
+            platform.routing_changed.clone(),
             platform.gateway.clone(),
         ));
         platform
@@ -68,6 +108,7 @@ impl Platform {
             replicas: None,
             stopped: false,
             program: service.program.clone(),
+            release: None,
         };
         self.store.put(&service.spec.name.to_string(), &desired)?;
         Ok(())
@@ -79,6 +120,9 @@ impl Platform {
     pub fn apply_all(&self) -> Result<Vec<String>, PlatformError> {
         let mut problems = Vec::new();
         for (name, desired) in self.store.list()? {
+            if let Err(error) = self.settle_interrupted_rollout(&name, &desired) {
+                warn!(service = %name, error = %error, "cannot settle the records of an interrupted rollout");
+            }
             if let Err(error) = self.apply(&name, &desired) {
                 error!(service = %name, error = %error, "cannot run stored service");
                 problems.push(format!("{name}: {error}"));
@@ -154,14 +198,56 @@ impl Platform {
         self.supervisor.shutdown().await;
     }
 
-    fn apply(&self, name: &str, desired: &DesiredService) -> Result<(), PlatformError> {
-        let spec = crate::load::parse(&desired.dir.join("app.toml"), &desired.source)?;
-        let mut configs = to_service_configs(&spec, &desired.dir, desired.replicas);
-        if let Some(program) = &desired.program {
-            configs.iter_mut().for_each(|config| set_program(config, program));
+    /// A rollout the daemon did not live to finish ended with the stored (committed) release: the records say
+    /// so. The next release's replicas are not applied, so `reap_unclaimed` stops them.
+    fn settle_interrupted_rollout(&self, name: &str, desired: &DesiredService) -> Result<(), StoreError> {
+        for release in self.store.releases(name)? {
+            let committed = desired.release == Some(release.number);
+            let interrupted = match release.outcome {
+                ReleaseOutcome::Deploying => true,
+                ReleaseOutcome::Live => !committed,
+                _ => false,
+            };
+            if interrupted {
+                let runs = desired.release.map_or("the service's directory".to_owned(), |n| format!("release {n}"));
+                let reason = format!("the daemon stopped during the rollout; {runs} runs");
+                warn!(service = %name, release = release.number, "{reason}");
+                self.store.update_release(name, release.number, |r| {
+                    r.outcome = ReleaseOutcome::RolledBack { reason };
+                    r.deploy_finished_ms.get_or_insert_with(rollout::now_ms);
+                })?;
+            } else if committed && release.outcome != ReleaseOutcome::Live {
+                self.store.update_release(name, release.number, |r| r.outcome = ReleaseOutcome::Live)?;
+            }
         }
-        lock(&self.specs).insert(name.to_owned(), spec);
-        self.specs_changed.notify_one();
+        Ok(())
+    }
+
+    /// The supervisor configs of a stored service: its own replicas first, then its pools.
+    fn configs(&self, name: &str, desired: &DesiredService) -> Result<(Spec, Vec<ServiceConfig>), PlatformError> {
+        let mut spec = crate::load::parse(&desired.dir.join("app.toml"), &desired.source)?;
+        if spec.name.get_ref() != name {
+            // A preview copy (`berth deploy --branch`) runs the same app.toml under its own name.
+            rollout::rename_for_preview(&mut spec, name);
+        }
+        let mut configs = to_service_configs(&spec, &desired.dir, desired.replicas);
+        for config in &mut configs {
+            if let Some(program) = &desired.program {
+                set_program(config, program);
+            }
+            if let Some(number) = desired.release {
+                // Files can change between releases while the config does not: the release number tells
+                // the supervisor (and adoption after a restart) which release a replica runs.
+                config.release = format!("{}-r{number}", config.release);
+            }
+        }
+        Ok((spec, configs))
+    }
+
+    fn apply(&self, name: &str, desired: &DesiredService) -> Result<(), PlatformError> {
+        let (spec, configs) = self.configs(name, desired)?;
+        lock(&self.routing).specs.insert(name.to_owned(), spec);
+        self.routing_changed.notify_one();
         for config in configs {
             if desired.stopped {
                 self.supervisor.apply_stopped(config);
@@ -175,7 +261,8 @@ impl Platform {
 
     /// The supervisor units of a service: its own replicas, then one per dedicated pool.
     fn units(&self, name: &str) -> Vec<String> {
-        let pools: Vec<String> = lock(&self.specs)
+        let pools: Vec<String> = lock(&self.routing)
+            .specs
             .get(name)
             .map(|spec| spec.pools.keys().map(|pool| pool_unit(name, pool)).collect())
             .unwrap_or_default();
@@ -196,19 +283,25 @@ impl Platform {
 /// Rebuilds the gateway's routing table whenever the endpoints in rotation or the specs change.
 async fn route_updates(
     mut endpoints: tokio::sync::watch::Receiver<berth_supervisor::Endpoints>,
-    specs: Arc<Mutex<BTreeMap<String, Spec>>>,
-    specs_changed: Arc<Notify>,
+    routing: Arc<Mutex<Routing>>,
+    routing_changed: Arc<Notify>,
     gateway: Gateway,
 ) {
     loop {
         let current = endpoints.borrow_and_update().clone();
-        let table = to_routing_table(&lock(&specs), &current);
-        gateway.update(&table);
+        publish(&routing, &current, &gateway);
         tokio::select! {
             changed = endpoints.changed() => if changed.is_err() { return },
-            _ = specs_changed.notified() => {}
+            _ = routing_changed.notified() => {}
         }
     }
+}
+
+/// Computes and installs the routing table. The routing lock is held throughout, so two publishers cannot
+/// install their tables in the opposite order of the state they read.
+fn publish(routing: &Mutex<Routing>, endpoints: &berth_supervisor::Endpoints, gateway: &Gateway) {
+    let routing = lock(routing);
+    gateway.update(&to_routing_table(&routing.specs, &routing.next_weights, endpoints));
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

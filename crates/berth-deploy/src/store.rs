@@ -26,6 +26,10 @@ pub struct DesiredService {
     /// A release's copy of the program, run instead of `run.command[0]` (`LoadedService::program`).
     #[serde(default)]
     pub program: Option<PathBuf>,
+    /// The release this is (`berth deploy`); `None` for a service run from its own directory (`berth up`).
+    /// Changes only once a rollout has finished: after a crash mid-rollout, this is what runs.
+    #[serde(default)]
+    pub release: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +120,7 @@ mod tests {
             replicas: Some(3),
             stopped: false,
             program: None,
+            release: Some(4),
         };
         {
             let store = Store::open(&path).expect("open");

@@ -70,9 +70,24 @@ pub fn set_program(config: &mut ServiceConfig, program: &Path) {
     }
 }
 
+/// The supervisor's name for the replicas of a release being rolled out beside the live one (blue-green's
+/// new set, a canary). `~` cannot appear in a service or pool name.
+pub fn next_unit(service: &str) -> String {
+    format!("{service}~next")
+}
+
+/// The gateway group of a service's live replicas, and of its next release's.
+pub const STABLE_GROUP: &str = "stable";
+pub const NEXT_GROUP: &str = "next";
+
 /// What the gateway routes: every service's domains and route policies, and its replicas in rotation.
-/// Pure.
-pub fn to_routing_table(specs: &BTreeMap<String, Spec>, endpoints: &Endpoints) -> RoutingTable {
+/// `next_weights` gives, per service with a release rolling out beside the live one, the percentage of its
+/// traffic that goes to the next release's replicas. Pure.
+pub fn to_routing_table(
+    specs: &BTreeMap<String, Spec>,
+    next_weights: &BTreeMap<String, u32>,
+    endpoints: &Endpoints,
+) -> RoutingTable {
     let services = specs
         .iter()
         .map(|(name, spec)| ServiceRoutes {
@@ -89,17 +104,21 @@ pub fn to_routing_table(specs: &BTreeMap<String, Spec>, endpoints: &Endpoints) -
                     rate_limit: route.rate_limit.as_ref().map(rate_limit_policy),
                 })
                 .collect(),
-            endpoints: std::iter::once((name.clone(), "stable".to_owned()))
-                .chain(spec.pools.keys().map(|pool| (pool_unit(name, pool), pool.clone())))
-                .flat_map(|(unit, group)| {
-                    endpoints.get(&unit).into_iter().flatten().map(move |endpoint| Upstream {
-                        instance: endpoint.instance.clone(),
-                        addr: endpoint.addr,
-                        group: group.clone(),
-                        weight: 100,
+            endpoints: {
+                let next = next_weights.get(name).map(|weight| (*weight).min(100));
+                std::iter::once((name.clone(), STABLE_GROUP.to_owned(), 100 - next.unwrap_or(0)))
+                    .chain(next.map(|weight| (next_unit(name), NEXT_GROUP.to_owned(), weight)))
+                    .chain(spec.pools.keys().map(|pool| (pool_unit(name, pool), pool.clone(), 100)))
+                    .flat_map(|(unit, group, weight)| {
+                        endpoints.get(&unit).into_iter().flatten().map(move |endpoint| Upstream {
+                            instance: endpoint.instance.clone(),
+                            addr: endpoint.addr,
+                            group: group.clone(),
+                            weight,
+                        })
                     })
-                })
-                .collect(),
+                    .collect()
+            },
             protocol: match spec.run.protocol {
                 berth_spec::Protocol::Http1 => UpstreamProtocol::Http1,
                 berth_spec::Protocol::H2c => UpstreamProtocol::H2c,
@@ -171,7 +190,7 @@ rate_limit = { key = "header:X-Api-Key", rate = "20/s", pools = { "key-b" = "par
             ("api@partner-b".to_owned(), vec![endpoint("api@partner-b-1", 2)]),
         ]));
         let specs = BTreeMap::from([("api".to_owned(), spec)]);
-        let table = to_routing_table(&specs, &endpoints);
+        let table = to_routing_table(&specs, &BTreeMap::new(), &endpoints);
         let api = &table.services[0];
         let groups: Vec<(&str, &str)> = api.endpoints.iter().map(|u| (u.instance.as_str(), u.group.as_str())).collect();
         assert_eq!(groups, [("api-1", "stable"), ("api@partner-b-1", "partner-b")]);

@@ -52,15 +52,19 @@ pub(crate) fn pick(
     // Weighted choice among the groups that have something usable; no allocation on this path.
     // Within a pool, weights split traffic as usual; a pool group's weight of 0 still takes its keys.
     let weight = |g: &Group| u64::from(if matches!(groups, Groups::Pool(_)) { g.weight.max(1) } else { g.weight });
-    let total_weight: u64 =
-        service.groups.iter().filter(eligible).filter(|g| weight(g) > 0 && n_usable(g) > 0).map(weight).sum();
+    // A group weighted 0 (a canary rolled back, the old set kept warm after a blue-green switch) takes traffic
+    // only when no weighted group can: better the old release than a 503.
+    let weighted = service.groups.iter().filter(eligible).any(|g| weight(g) > 0 && n_usable(g) > 0);
+    let weight_of = |g: &Group| if weighted { weight(g) } else { 1 };
+    let candidates = || service.groups.iter().filter(eligible).filter(|g| weight_of(g) > 0 && n_usable(g) > 0);
+    let total_weight: u64 = candidates().map(weight_of).sum();
     if total_weight == 0 {
         return None;
     }
     let mut ticket = random() % total_weight;
-    let group = service.groups.iter().filter(eligible).filter(|g| weight(g) > 0 && n_usable(g) > 0).find(|g| {
-        let hit = ticket < weight(g);
-        ticket = ticket.saturating_sub(weight(g));
+    let group = candidates().find(|g| {
+        let hit = ticket < weight_of(g);
+        ticket = ticket.saturating_sub(weight_of(g));
         hit
     })?;
 

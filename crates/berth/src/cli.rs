@@ -7,6 +7,7 @@ pub mod error;
 mod cache;
 mod check;
 mod control;
+mod deploy;
 mod logs;
 mod ps;
 mod releases;
@@ -31,6 +32,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Cmd::Up(up) => up::up(&state_dir, up, runtime()?),
         Cmd::Ps(ps) | Cmd::Status(ps) => runtime()?.block_on(ps::ps(&state_dir, &ps)),
         Cmd::Logs(logs) => runtime()?.block_on(logs::logs(&state_dir, &logs)),
+        Cmd::Deploy(args) => runtime()?.block_on(deploy::deploy(&state_dir, &args)),
+        Cmd::Rollback(args) => runtime()?.block_on(deploy::rollback(&state_dir, &args)),
+        Cmd::Promote(args) => runtime()?.block_on(deploy::promote(&state_dir, &args)),
+        Cmd::Abort(args) => runtime()?.block_on(deploy::abort(&state_dir, &args)),
+        Cmd::Delete(args) => runtime()?.block_on(deploy::delete(&state_dir, &args)),
         Cmd::Releases(releases) => runtime()?.block_on(releases::releases(&state_dir, &releases)),
         Cmd::Restart(target) => runtime()?.block_on(control::restart(&state_dir, &target)),
         Cmd::Scale(scale) => runtime()?.block_on(control::scale(&state_dir, &scale)),

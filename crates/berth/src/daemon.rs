@@ -66,7 +66,7 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
     let gateway_addr = gateway_listener.as_ref().map(TcpListener::local_addr).transpose()?;
     let secure = bind_secure(options.https, options.http3).await?;
     let https_addr = secure.as_ref().map(|(https, _)| https.local_addr()).transpose()?;
-    let platform = Arc::new(Platform::new(store, supervisor, gateway.clone()));
+    let platform = Arc::new(Platform::new(store, supervisor, gateway.clone(), state_dir.clone()));
     for service in &options.services {
         platform.put(service)?;
     }

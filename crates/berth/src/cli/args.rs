@@ -42,6 +42,16 @@ pub enum Cmd {
     Status(PsArgs),
     /// Show a service's logs
     Logs(LogsArgs),
+    /// Build, test and snapshot DIR into a new release, then roll it out (rolling, blue-green or canary)
+    Deploy(DeployArgs),
+    /// Go back to an earlier release: at once while the old one is warm, else by redeploying it (no rebuild)
+    Rollback(RollbackArgs),
+    /// Finish the rollout under way now: skip its remaining steps and waiting windows
+    Promote(RolloutArgs),
+    /// Roll back the rollout under way
+    Abort(RolloutArgs),
+    /// Stop a service and forget it (a preview copy, say); its releases stay listed
+    Delete(DeleteArgs),
     /// Show a service's releases, newest first: when, which commit, how each deploy went
     Releases(ReleasesArgs),
     /// Replace every replica of a service, one at a time, without downtime
@@ -181,6 +191,55 @@ pub struct TargetArgs {
     pub wait: bool,
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DeployArgs {
+    /// The service directory (holding app.toml)
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+    /// Override `[deploy] strategy`
+    #[arg(long, value_enum)]
+    pub strategy: Option<StrategyArg>,
+    /// Deploy a separate preview copy, `<service>-<branch>`, at `<service>-<branch>.localhost`
+    #[arg(long)]
+    pub branch: Option<String>,
+    /// Wait for the whole rollout (warm old release, watch window), not only until the release serves all traffic
+    #[arg(long)]
+    pub wait: bool,
+    /// One JSON object per progress event
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum StrategyArg {
+    Rolling,
+    Bluegreen,
+    Canary,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RollbackArgs {
+    pub service: String,
+    /// The release to return to [default: the one before the live one]
+    #[arg(long)]
+    pub to: Option<u32>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RolloutArgs {
+    pub service: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DeleteArgs {
+    pub service: String,
+    /// Delete the preview copy `<service>-<branch>`
+    #[arg(long)]
+    pub branch: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]

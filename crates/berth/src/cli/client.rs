@@ -50,14 +50,35 @@ impl Client {
     }
 
     /// POSTs `body` and decodes the JSON answer.
+    pub async fn delete(&self, path: &str) -> anyhow::Result<()> {
+        let res = self.send(http::Method::DELETE, path, None).await?;
+        let status = res.status();
+        let bytes = res.into_body().collect().await.context("failed to read the daemon's answer")?.to_bytes();
+        if !status.is_success() {
+            return Err(api_error(status, &bytes));
+        }
+        Ok(())
+    }
+
     pub async fn post_json<T: DeserializeOwned>(&self, path: &str, body: serde_json::Value) -> anyhow::Result<T> {
         let res = self.send(http::Method::POST, path, Some(body)).await?;
         decode(res).await
     }
 
     /// Streams a response body, calling `on_chunk` for every piece as it arrives.
-    pub async fn stream(&self, path: &str, mut on_chunk: impl FnMut(&[u8]) -> bool) -> anyhow::Result<()> {
-        let res = self.send(http::Method::GET, path, None).await?;
+    pub async fn stream(&self, path: &str, on_chunk: impl FnMut(&[u8]) -> bool) -> anyhow::Result<()> {
+        self.stream_request(http::Method::GET, path, None, on_chunk).await
+    }
+
+    /// Sends a request and streams the answer's body to `on_chunk` (which returns `false` to stop reading).
+    pub async fn stream_request(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+        mut on_chunk: impl FnMut(&[u8]) -> bool,
+    ) -> anyhow::Result<()> {
+        let res = self.send(method, path, body).await?;
         let status = res.status();
         let mut body = res.into_body();
         if !status.is_success() {

@@ -3,6 +3,7 @@
 mod cache;
 mod check;
 mod control;
+mod deploy;
 mod gateway;
 mod healing;
 mod partners;
