@@ -8,10 +8,11 @@ use crate::diagnostic::{Diagnostic, Severity};
 use crate::model::Spec;
 
 /// Keys that are parsed and validated but that the platform does not act on yet, as dotted
-/// paths (`"routes"`, or a nested key such as `"deploy.watch"`). Everything else is acted on:
-/// `name`, `kind`, `replicas`, `size`, `run`, `build`, `health`, `env`, `domains`, `redirect_https`, `pools`
-/// and `routes` (path, timeouts, rate limits and caches, by the gateway).
-pub const NOT_YET_ACTED_ON: &[&str] = &["unit", "alerts", "test", "dependencies", "routes.nfr", "deploy", "autoscale"];
+/// paths (`"routes"`, or a nested key such as `"deploy.watch"`). Everything else is acted on: by the
+/// supervisor (`name`, `kind`, `replicas`, `size`, `run`, `health`, `env`, `pools`), the gateway (`domains`,
+/// `redirect_https`, `routes`) and `berth deploy` (`build`, `test`, `deploy`, and `routes.nfr` as the
+/// canary analysis' default limits).
+pub const NOT_YET_ACTED_ON: &[&str] = &["unit", "alerts", "dependencies", "autoscale"];
 
 /// One note for each key in the file that the platform does not act on yet, in source order.
 ///
@@ -61,6 +62,8 @@ mod tests {
         "redirect_https",
         "routes",
         "pools",
+        "test",
+        "deploy",
     ];
 
     #[test]
@@ -70,18 +73,13 @@ mod tests {
         for key in *top_level {
             let acted = ACTED_ON.contains(key);
             let not_yet = NOT_YET_ACTED_ON.contains(key);
-            if *key == "routes" {
-                // Acted on, but some of its sub-blocks are not.
-                assert!(acted && NOT_YET_ACTED_ON.iter().any(|k| k.starts_with("routes.")));
-                continue;
-            }
             assert!(acted != not_yet, "`{key}` must be in exactly one of the two lists");
         }
     }
 
     #[test]
     fn one_note_per_outermost_key_in_source_order() {
-        let source = "name = \"x\"\nunit = \"team\"\n[run]\ncommand = \"./x\"\n[[routes]]\npath = \"/a\"\nnfr = { p90 = \"400ms\" }\n[[routes]]\npath = \"/b\"\n[deploy]\nwatch = \"1m\"\n";
+        let source = "name = \"x\"\nunit = \"team\"\n[run]\ncommand = \"./x\"\n[dependencies]\nredis = {}\n[autoscale]\nmax = 3\ntarget_rps = 50\n";
         let spec = crate::parse("app.toml", source).expect("the test spec is valid");
         let notes = not_yet_acted_on(&spec);
         let shown: Vec<(&str, usize, usize)> =
@@ -90,8 +88,8 @@ mod tests {
             shown,
             [
                 ("`unit` is parsed but not acted on yet", 2, 1),
-                ("`routes.nfr` is parsed but not acted on yet", 7, 1),
-                ("`[deploy]` is parsed but not acted on yet", 10, 1),
+                ("`[dependencies]` is parsed but not acted on yet", 5, 1),
+                ("`[autoscale]` is parsed but not acted on yet", 7, 1),
             ]
         );
         assert!(notes.iter().all(|note| note.severity == Severity::Note && note.file == "app.toml"));
