@@ -3,6 +3,8 @@
 
 mod body;
 mod routes;
+mod webhook;
 pub mod wire;
 
 pub use routes::{ApiState, router, serve};
+pub use webhook::Webhook;

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use tokio::sync::{Notify, broadcast, mpsc};
 
 use crate::body::ChannelBody;
+use crate::webhook::Webhook;
 use crate::wire::{
     CachePurgeRequest, CachePurgeView, DeployBody, DeployEventView, ErrorBody, LogsQuery, ReleaseView, RollbackBody,
     ScaleRequest, ServiceView,
@@ -26,6 +27,8 @@ pub struct ApiState {
     pub token: Arc<str>,
     /// Notified by `POST /v1/shutdown`; the daemon then stops every service and exits.
     pub shutdown: Arc<Notify>,
+    /// Where deploy events are also sent (`[deploy] webhook` in berth.toml).
+    pub webhook: Option<Webhook>,
 }
 
 /// Serves the control API on `listener` until the task is dropped.
@@ -204,7 +207,7 @@ async fn deploy(State(state): State<ApiState>, Json(body): Json<DeployBody>) -> 
     };
     let request = DeployRequest { dir: body.dir.into(), strategy, branch: body.branch };
     let platform = state.platform.clone();
-    Ok(event_stream(move |events| async move { platform.deploy(request, events).await }))
+    Ok(event_stream(&state, move |events| async move { platform.deploy(request, events).await }))
 }
 
 /// Rolls a service back (at once to a warm old release, else by redeploying an earlier one); NDJSON progress.
@@ -217,7 +220,7 @@ async fn rollback(
     let to = body.and_then(|Json(body)| body.to);
     let platform = state.platform.clone();
     let request = RollbackRequest { service: name, to };
-    Ok(event_stream(move |events| async move { platform.rollback(request, events).await }))
+    Ok(event_stream(&state, move |events| async move { platform.rollback(request, events).await }))
 }
 
 async fn promote(State(state): State<ApiState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
@@ -235,8 +238,9 @@ async fn delete(State(state): State<ApiState>, Path(name): Path<String>) -> Resu
     Ok(StatusCode::OK)
 }
 
-/// Runs `work` in its own task with a channel of deploy events, and streams them as NDJSON.
-fn event_stream<F, Fut>(work: F) -> Response
+/// Runs `work` in its own task with a channel of deploy events, and streams them as NDJSON (and to the
+/// webhook, if there is one).
+fn event_stream<F, Fut>(state: &ApiState, work: F) -> Response
 where
     F: FnOnce(mpsc::UnboundedSender<berth_deploy::DeployEvent>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -244,9 +248,14 @@ where
     let (events_tx, mut events) = mpsc::unbounded_channel();
     tokio::spawn(work(events_tx));
     let (tx, rx) = mpsc::channel::<Bytes>(64);
+    let webhook = state.webhook.as_ref().map(Webhook::sender);
     tokio::spawn(async move {
         while let Some(event) = events.recv().await {
-            let mut line = serde_json::to_vec(&DeployEventView::from_event(event)).unwrap_or_default();
+            let event = DeployEventView::from_event(event);
+            if let Some(webhook) = &webhook {
+                let _ = webhook.send(event.clone());
+            }
+            let mut line = serde_json::to_vec(&event).unwrap_or_default();
             line.push(b'\n');
             // A client that hung up stops the stream, not the deploy.
             let _ = tx.send(Bytes::from(line)).await;

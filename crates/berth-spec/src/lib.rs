@@ -27,7 +27,9 @@ pub use model::{
     Analysis, Autoscale, Cache, Dependencies, Deploy, Health, KeyOrigin, Kind, Nfr, Origin, Pool, Postgres, Protocol,
     Rate, RateKey, RateLimit, Redis, Route, Run, Size, Spec, Step, Strategy,
 };
-pub use platform::{ApiListener, CertificateFiles, GatewayListeners, Listen, PlatformConfig, parse_platform};
+pub use platform::{
+    ApiListener, CertificateFiles, DeployHooks, GatewayListeners, Listen, PlatformConfig, parse_platform,
+};
 pub use toml::Spanned;
 pub use units::{format_duration, format_size, parse_duration, parse_size};
 pub use validate::{MAX_REPLICAS, is_dns_label};

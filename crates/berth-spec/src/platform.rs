@@ -10,6 +10,9 @@
 //! [api]
 //! listen = "127.0.0.1:9190"
 //!
+//! [deploy]
+//! webhook = "http://127.0.0.1:9000/berth"   # every deploy event, POSTed as JSON
+//!
 //! [[certificates]]           # served for the names in the certificate, picked by SNI
 //! cert = "certs/example.com.pem"
 //! key = "certs/example.com.key"
@@ -34,9 +37,20 @@ pub struct PlatformConfig {
     pub gateway: GatewayListeners,
     #[serde(default)]
     pub api: ApiListener,
+    #[serde(default)]
+    pub deploy: DeployHooks,
     /// User certificates; hosts without one get a self-signed certificate.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub certificates: Vec<CertificateFiles>,
+}
+
+/// What happens around deploys, platform-wide.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeployHooks {
+    /// `http://` URL that receives every deploy event (JSON, POST), e.g. for a chat channel or an audit log.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -191,6 +205,16 @@ pub fn parse_platform(file: &str, source: &str) -> Result<PlatformConfig, Vec<Di
             ));
         }
     }
+    if let Some(webhook) = &config.deploy.webhook {
+        let url = webhook.get_ref();
+        if !url.starts_with("http://") || url.len() <= "http://".len() {
+            diags.push(error(
+                webhook.span(),
+                format!("`webhook` in [deploy] must be an http:// URL, found `{url}`"),
+                "write e.g. `webhook = \"http://127.0.0.1:9000/berth\"` (HTTPS webhooks are not supported yet)",
+            ));
+        }
+    }
     for certificate in &config.certificates {
         for path in [&certificate.cert, &certificate.key] {
             if path.get_ref().trim().is_empty() {
@@ -247,6 +271,9 @@ key = "a.key"
         let clash = "[gateway]\nhttp = \"127.0.0.1:9000\"\nhttps = \"127.0.0.1:9000\"\nhttp3 = false\n";
         let clash = parse_platform("berth.toml", clash).expect_err("same port");
         assert!(clash[0].to_string().contains("`https` listens on 127.0.0.1:9000, which `http` already uses"));
+
+        let hook = parse_platform("berth.toml", "[deploy]\nwebhook = \"https://chat.example/x\"\n").expect_err("https");
+        assert!(hook[0].to_string().starts_with("berth.toml:2:11: error: `webhook` in [deploy]"), "{}", hook[0]);
 
         let h3 = parse_platform("berth.toml", "[gateway]\nhttps = \"off\"\nhttp3 = true\n").expect_err("h3");
         assert!(h3[0].to_string().starts_with("berth.toml:3:9"), "{}", h3[0]);

@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use berth_api::ApiState;
 use berth_api::wire::DaemonInfo;
+use berth_api::{ApiState, Webhook};
 use berth_deploy::{LoadedService, Platform, Store};
 use berth_gateway::{CertificateFiles, Gateway, GatewayConfig, Listeners, TlsConfig};
 use berth_supervisor::{RestartBackoff, Supervisor, SupervisorConfig, logs::LogLimits};
@@ -29,6 +29,8 @@ pub struct DaemonOptions {
     pub http3: bool,
     /// User certificates for HTTPS and HTTP/3; hosts without one get a self-signed certificate.
     pub certificates: Vec<CertificateFiles>,
+    /// Where deploy events are also sent.
+    pub webhook: Option<Webhook>,
     /// Services to deploy at startup, besides those stored from earlier runs.
     pub services: Vec<LoadedService>,
 }
@@ -85,7 +87,12 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
         }
     });
     let shutdown = Arc::new(Notify::new());
-    let api_state = ApiState { platform: platform.clone(), token: token.into(), shutdown: shutdown.clone() };
+    let api_state = ApiState {
+        platform: platform.clone(),
+        token: token.into(),
+        shutdown: shutdown.clone(),
+        webhook: options.webhook.clone(),
+    };
     let server = tokio::spawn(async move {
         if let Err(error) = berth_api::serve(listener, api_state).await {
             warn!(error = %error, "control API stopped");

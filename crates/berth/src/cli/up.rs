@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use std::net::SocketAddr;
 
+use berth_api::Webhook;
 use berth_deploy::{LoadedService, StepKind, discover, load_dir, load_platform, run_step};
 use berth_gateway::CertificateFiles;
 use tracing_subscriber::EnvFilter;
@@ -54,6 +55,12 @@ pub fn up(state_dir: &Path, args: UpArgs, runtime: tokio::runtime::Runtime) -> a
     if https.is_none() && !certificates.is_empty() {
         eprintln!("berth: warning: HTTPS is off, so the certificates in berth.toml are not served");
     }
+    let webhook = match &platform.deploy.webhook {
+        Some(url) => Some(Webhook::parse(url.get_ref()).map_err(|error| {
+            user(error, "fix `webhook` in [deploy] of berth.toml; `berth check DIR` validates the file")
+        })?),
+        None => None,
+    };
     runtime.block_on(daemon::run(DaemonOptions {
         state_dir: state_dir.to_path_buf(),
         api: args.api.or(platform.api.listen.get_ref().addr()).unwrap_or(DEFAULT_API),
@@ -62,6 +69,7 @@ pub fn up(state_dir: &Path, args: UpArgs, runtime: tokio::runtime::Runtime) -> a
         https,
         http3: !args.no_http3 && *listeners.http3.get_ref(),
         certificates,
+        webhook,
         services,
     }))?;
     Ok(ExitCode::SUCCESS)

@@ -280,3 +280,85 @@ fn a_daemon_killed_mid_canary_comes_back_on_the_stable_release() {
     let reason = feed.iter().find(|r| r["number"] == 1).and_then(|r| r["reason"].as_str()).unwrap_or_default();
     assert!(reason.contains("daemon stopped during the rollout"), "{reason}");
 }
+
+/// A webhook receiver on loopback: every POST body, as JSON, in arrival order.
+fn webhook_receiver() -> (std::net::SocketAddr, std::sync::mpsc::Receiver<Value>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the webhook receiver");
+    let addr = listener.local_addr().expect("its address");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().expect("clone the stream"));
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some((name, value)) = line.split_once(':')
+                    && name.eq_ignore_ascii_case("content-length")
+                {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            if reader.read_exact(&mut body).is_err() {
+                continue;
+            }
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            if let Ok(event) = serde_json::from_slice(&body)
+                && tx.send(event).is_err()
+            {
+                return;
+            }
+        }
+    });
+    (addr, rx)
+}
+
+#[test]
+fn a_preview_deploy_runs_beside_the_service_and_the_webhook_hears_it() {
+    let root = berth_test_support::temp_dir();
+    let (hook, events) = webhook_receiver();
+    std::fs::write(root.path().join("berth.toml"), format!("[deploy]\nwebhook = \"http://{hook}/berth\"\n"))
+        .expect("write berth.toml");
+    let dir = write_spec(root.path(), "web", 1, RELEASE_OPTS);
+    let daemon = Daemon::start(berth(), &root.path().join("state"), &[root.path()]);
+    wait_healthy(&daemon, "web", 1);
+
+    let (ok, stderr) = run(&daemon, &["deploy", dir.to_str().expect("utf-8 path"), "--branch", "feature-x", "--wait"]);
+    assert!(ok, "{stderr}");
+    wait_healthy(&daemon, "web-feature-x", 1);
+    let identity = |host: &str| {
+        let (status, _, body) =
+            http_request(daemon.gateway_addr(), "GET", "/", &[("Host", host)], b"", Duration::from_secs(5))
+                .expect("request through the gateway");
+        (status, serde_json::from_slice::<Value>(&body).map(|v| v["service"].clone()).unwrap_or(Value::Null))
+    };
+    assert_eq!(identity("web-feature-x.localhost"), (200, Value::from("web-feature-x")));
+    assert_eq!(identity("web.localhost"), (200, Value::from("web")), "the service itself is untouched");
+
+    // The webhook got the deploy's steps in order, ending with its outcome (and no build output lines).
+    let mut seen = Vec::new();
+    while let Ok(event) = events.recv_timeout(Duration::from_secs(10)) {
+        let done = event["event"] == "done";
+        seen.push(event);
+        if done {
+            break;
+        }
+    }
+    let kinds: Vec<&str> = seen.iter().filter_map(|e| e["event"].as_str()).collect();
+    println!("webhook events: {kinds:?}");
+    assert_eq!(kinds.first(), Some(&"step"), "{seen:?}");
+    assert!(!kinds.contains(&"output"));
+    let done = seen.last().expect("some events");
+    assert_eq!((done["event"].as_str(), done["ok"].as_bool()), (Some("done"), Some(true)), "{done}");
+    assert_eq!(done["service"], "web-feature-x");
+
+    let (ok, stderr) = run(&daemon, &["delete", "web", "--branch", "feature-x"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(identity("web-feature-x.localhost").0, 404, "the preview is gone");
+    assert_eq!(identity("web.localhost").0, 200);
+}
