@@ -177,6 +177,18 @@ mod tests {
     }
 
     #[test]
+    fn a_group_weighted_zero_serves_only_when_no_weighted_group_can() {
+        // Blue-green just switched: the old set (weight 0) stays warm beside the new one (weight 100).
+        let (_registry, web) = service(&[("stable", 0, 2), ("next", 100, 1)]);
+        let picked = counts(&web, 500);
+        assert_eq!(picked.keys().collect::<Vec<_>>(), ["next-3"], "{picked:?}");
+        // The only weighted endpoint was tried (or is gone): the warm set answers rather than a 503.
+        let next = web.groups[1].endpoints[0].clone();
+        let fallback = pick(&web, Groups::Shared, &[next], Instant::now()).expect("the warm set takes it");
+        assert!(fallback.instance.starts_with("stable-"), "{}", fallback.instance);
+    }
+
+    #[test]
     fn ejected_endpoints_are_skipped_unless_most_are_ejected() {
         let (_registry, web) = service(&[("stable", 100, 3)]);
         let now = Instant::now();
