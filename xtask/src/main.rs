@@ -1,5 +1,6 @@
 //! Repository automation: `cargo xtask ci` runs what CI runs, plus clippy; `cargo xtask bench` measures
-//! the gateway against nginx, HAProxy and Caddy with the peer kit in `../shared/bench`.
+//! the gateway against nginx, HAProxy and Caddy with the peer kit in `../shared/bench`; `cargo xtask
+//! bench-https` measures its HTTPS listener against nginx and HAProxy with `bench/https/compare-https.sh`.
 //!
 //! The repository checks themselves (module docs, formatting) are ordinary tests in `tidy`, so that
 //! `cargo test --workspace` is the whole gate.
@@ -14,6 +15,9 @@ fn main() -> ExitCode {
     if task == "bench" {
         return bench(std::env::args().skip(2).collect());
     }
+    if task == "bench-https" {
+        return bench_https(std::env::args().skip(2).collect());
+    }
     let steps: &[&[&str]] = match task.as_str() {
         "ci" => &[
             &["fmt", "--all", "--", "--check"],
@@ -21,7 +25,9 @@ fn main() -> ExitCode {
             &["test", "--workspace"],
         ],
         _ => {
-            eprintln!("usage: cargo xtask ci | cargo xtask bench [SECONDS CONNECTIONS]");
+            eprintln!(
+                "usage: cargo xtask ci | cargo xtask bench [SECONDS CONNECTIONS] | cargo xtask bench-https [SECONDS]"
+            );
             return ExitCode::from(2);
         }
     };
@@ -48,17 +54,7 @@ fn bench(args: Vec<String>) -> ExitCode {
         eprintln!("xtask: the peer kit is missing at {} (it ships in shared/bench)", kit.display());
         return ExitCode::FAILURE;
     }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    eprintln!("xtask: cargo build --release -p berth");
-    if !Command::new(&cargo)
-        .args(["build", "--release", "-p", "berth"])
-        .current_dir(&root)
-        .status()
-        .is_ok_and(|s| s.success())
-    {
-        return ExitCode::FAILURE;
-    }
-    let berth = root.join("target/release/berth").canonicalize().unwrap_or_else(|_| root.join("target/release/berth"));
+    let Some(berth) = build_release(&root) else { return ExitCode::FAILURE };
     let gateway_cmd =
         format!("exec {} gateway --listen 127.0.0.1:$BERTH_GATEWAY_PORT --upstream $BENCH_UPSTREAM", berth.display());
     let throughput: Vec<String> = if args.is_empty() { vec![] } else { args };
@@ -78,6 +74,43 @@ fn bench(args: Vec<String>) -> ExitCode {
             eprintln!("xtask: bench ({what}) failed");
             return ExitCode::FAILURE;
         }
+    }
+    ExitCode::SUCCESS
+}
+
+/// `cargo build --release -p berth` in the repository; returns the path of the binary.
+fn build_release(root: &std::path::Path) -> Option<std::path::PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    eprintln!("xtask: cargo build --release -p berth");
+    if !Command::new(&cargo)
+        .args(["build", "--release", "-p", "berth"])
+        .current_dir(root)
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        eprintln!("xtask: the release build of berth failed");
+        return None;
+    }
+    let berth = root.join("target/release/berth");
+    Some(berth.canonicalize().unwrap_or(berth))
+}
+
+/// Builds berth in release mode, then runs `bench/https/compare-https.sh` with that binary: HTTPS through
+/// the gateway, nginx and HAProxy with one shared certificate, with keep-alive connections and with a TLS
+/// handshake per request. The script prints one table per mode with ratios to nginx.
+fn bench_https(args: Vec<String>) -> ExitCode {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let script = root.join("bench/https/compare-https.sh");
+    if !script.is_file() {
+        eprintln!("xtask: {} is missing", script.display());
+        return ExitCode::FAILURE;
+    }
+    let Some(berth) = build_release(&root) else { return ExitCode::FAILURE };
+    eprintln!("xtask: bench-https: {}", script.display());
+    let status = Command::new("bash").arg(&script).args(&args).env("BERTH_BIN", &berth).current_dir(&root).status();
+    if !status.is_ok_and(|s| s.success()) {
+        eprintln!("xtask: bench-https failed");
+        return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
 }

@@ -1,5 +1,5 @@
-//! Repository checks run as tests: every Rust module starts with a `//!` doc comment, and the tree is
-//! formatted.
+//! Repository checks run as tests: every Rust module starts with a `//!` doc comment, the tree is formatted,
+//! and the HTTPS bench script parses.
 
 use std::path::{Path, PathBuf};
 
@@ -52,5 +52,20 @@ fn the_tree_is_formatted() {
             String::from_utf8_lossy(&out.stdout).lines().take(40).collect::<Vec<_>>().join("\n")
         ),
         Err(error) => panic!("cannot run cargo fmt: {error}"),
+    }
+}
+
+#[test]
+fn the_https_bench_script_parses() {
+    let script = root().join("bench/https/compare-https.sh");
+    let out = std::process::Command::new("bash").arg("-n").arg(&script).output();
+    match out {
+        Ok(out) => assert!(
+            out.status.success(),
+            "bash -n {} failed:\n{}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(error) => panic!("cannot run bash: {error}"),
     }
 }
