@@ -98,6 +98,8 @@ pub struct Gateway {
 
 pub(crate) struct Shared {
     pub(crate) config: GatewayConfig,
+    /// `config.source` as the `X-Source` header value.
+    pub(crate) source: http::HeaderValue,
     snapshot: RwLock<Arc<Snapshot>>,
     registry: Mutex<Registry>,
     pub(crate) metrics: Metrics,
@@ -112,6 +114,8 @@ impl Gateway {
         let cache = Cache::new(config.cache_max_bytes, config.cache_max_entry_bytes, metrics.cache.clone());
         Gateway {
             shared: Arc::new(Shared {
+                source: http::HeaderValue::try_from(config.source.as_str())
+                    .unwrap_or(http::HeaderValue::from_static("external")),
                 tls,
                 config,
                 snapshot: RwLock::new(Arc::new(Snapshot::empty())),

@@ -19,13 +19,16 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 pub(crate) struct Forwarding<'a> {
     pub(crate) client_ip: IpAddr,
     pub(crate) proto: &'static str,
-    pub(crate) source: &'a str,
+    /// The `X-Source` value (made once per gateway, not per request).
+    pub(crate) source: &'a HeaderValue,
 }
 
 /// Rewrites a request's headers for the upstream. Returns the request id (kept or new) to echo back.
 pub(crate) fn rewrite_request(headers: &mut HeaderMap, forwarding: &Forwarding<'_>, upgrade: bool) -> HeaderValue {
     let te_trailers = headers.get(header::TE).is_some_and(|te| te.to_str().is_ok_and(|te| te.contains("trailers")));
     remove_hop_by_hop(headers, upgrade);
+    // Room for what is added below, so the map grows once at most.
+    headers.reserve(7);
     if te_trailers {
         // gRPC needs `TE: trailers` end to end; it is the one TE value that may pass.
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -42,19 +45,23 @@ pub(crate) fn rewrite_request(headers: &mut HeaderMap, forwarding: &Forwarding<'
     if let Some(host) = headers.get(header::HOST).cloned() {
         headers.insert(X_FORWARDED_HOST, host);
     }
-    if let Ok(source) = HeaderValue::try_from(forwarding.source) {
-        headers.insert(X_SOURCE, source);
-    }
+    headers.insert(X_SOURCE, forwarding.source.clone());
 
     let request_id = match headers.get(&X_REQUEST_ID) {
         Some(id) if is_sane_id(id) => id.clone(),
-        _ => HeaderValue::try_from(random_hex(16)).unwrap_or(HeaderValue::from_static("0")),
+        _ => {
+            let id = new_request_id();
+            headers.insert(X_REQUEST_ID, id.clone());
+            id
+        }
     };
-    headers.insert(X_REQUEST_ID, request_id.clone());
     let trace_ok = headers.get(&TRACEPARENT).and_then(|v| v.to_str().ok()).is_some_and(is_valid_traceparent);
     if !trace_ok {
-        let traceparent = format!("00-{}-{}-01", random_hex(16), random_hex(8));
-        if let Ok(value) = HeaderValue::try_from(traceparent) {
+        // `00-<32 hex trace id>-<16 hex parent id>-01`
+        let mut traceparent = *b"00-00000000000000000000000000000000-0000000000000000-01";
+        fill_hex(&mut traceparent[3..35]);
+        fill_hex(&mut traceparent[36..52]);
+        if let Ok(value) = HeaderValue::from_bytes(&traceparent) {
             headers.insert(TRACEPARENT, value);
         }
     }
@@ -92,6 +99,20 @@ pub(crate) fn rewrite_response(headers: &mut HeaderMap, upgrade: bool) {
 /// Connection-scoped headers (RFC 9110 §7.6.1), and any header the `Connection` header names. An upgrade
 /// keeps `Connection: upgrade` and `Upgrade`.
 fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // Most requests carry none of these: one pass over the (few) names finds out, instead of a hash
+    // lookup per name.
+    let hop_by_hop = |name: &HeaderName| {
+        name == header::CONNECTION
+            || name == header::TE
+            || name == header::TRAILER
+            || name == header::TRANSFER_ENCODING
+            || name == KEEP_ALIVE
+            || name == PROXY_CONNECTION
+            || (name == header::UPGRADE && !upgrade)
+    };
+    if !headers.keys().any(hop_by_hop) && !upgrade {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -118,8 +139,15 @@ fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 pub(crate) fn request_id(headers: &HeaderMap) -> HeaderValue {
     match headers.get(&X_REQUEST_ID) {
         Some(id) if is_sane_id(id) => id.clone(),
-        _ => HeaderValue::try_from(random_hex(16)).unwrap_or(HeaderValue::from_static("0")),
+        _ => new_request_id(),
     }
+}
+
+/// 32 lowercase hex digits.
+fn new_request_id() -> HeaderValue {
+    let mut id = [0u8; 32];
+    fill_hex(&mut id);
+    HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("0"))
 }
 
 pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
@@ -150,28 +178,25 @@ fn is_valid_traceparent(value: &str) -> bool {
         && hex(parts[3], 2)
 }
 
-/// `2 × n_bytes` lowercase hex digits of a fast per-thread generator: unique for correlation, not secret.
-fn random_hex(n_bytes: usize) -> String {
+/// Fills `out` with lowercase hex digits of a fast per-thread generator: unique for correlation, not secret.
+fn fill_hex(out: &mut [u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(n_bytes * 2);
-    let mut word = 0u64;
-    for idx in 0..n_bytes {
-        if idx % 8 == 0 {
-            word = crate::balance::random();
+    for chunk in out.chunks_mut(16) {
+        let word = crate::balance::random();
+        for (idx, digit) in chunk.iter_mut().enumerate() {
+            *digit = HEX[((word >> (idx * 4)) & 0xf) as usize];
         }
-        let byte = (word >> ((idx % 8) * 8)) as u8;
-        out.push(HEX[usize::from(byte >> 4)] as char);
-        out.push(HEX[usize::from(byte & 0xf)] as char);
     }
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    static EXTERNAL: HeaderValue = HeaderValue::from_static("external");
+
     fn forwarding() -> Forwarding<'static> {
-        Forwarding { client_ip: [10, 0, 0, 7].into(), proto: "http", source: "external" }
+        Forwarding { client_ip: [10, 0, 0, 7].into(), proto: "http", source: &EXTERNAL }
     }
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {

@@ -195,7 +195,7 @@ async fn attempt_all(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let idempotent = parts.method.is_idempotent();
-    let forwarding = Forwarding { client_ip: peer.ip(), proto: ingress.proto, source: &shared.config.source };
+    let forwarding = Forwarding { client_ip: peer.ip(), proto: ingress.proto, source: &shared.source };
     let request_id = headers::rewrite_request(&mut parts.headers, &forwarding, upgrade);
     if !parts.headers.contains_key(header::HOST) {
         // HTTP/2 carries the host in the URI's authority; HTTP/1.1 upstreams need the header.
