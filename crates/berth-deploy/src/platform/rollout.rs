@@ -238,7 +238,7 @@ impl Platform {
             }
             None => base,
         };
-        let control = self.begin(&name).map_err(|e| fail(&name, e.to_string()))?;
+        let control = self.begin(&name).map_err(|e| fail(&name, with_hint(&e)))?;
         let result = self.build_and_roll_out(&name, service, request.strategy, events, control).await;
         lock(&self.rollouts).remove(&name);
         result.map(|(release, ended)| (name.clone(), release, ended)).map_err(|e| (name, e))
@@ -341,7 +341,7 @@ impl Platform {
         if desired.release == Some(target.number) {
             return Err(format!("release {} of `{name}` is already live", target.number));
         }
-        let control = self.begin(name).map_err(|e| e.to_string())?;
+        let control = self.begin(name).map_err(|e| with_hint(&e))?;
         if let Some(running) = lock(&self.rollouts).get_mut(name) {
             running.release = Some(target.number);
         }
@@ -820,6 +820,14 @@ enum StepVerdict {
     Pass,
     Promote,
     Back(String),
+}
+
+/// The error and what to do about it, in one message (for the deploy's event stream).
+fn with_hint(error: &PlatformError) -> String {
+    match error.hint() {
+        Some(hint) => format!("{error}: {hint}"),
+        None => error.to_string(),
+    }
 }
 
 fn strategy_name(strategy: Strategy) -> &'static str {

@@ -362,3 +362,58 @@ fn a_preview_deploy_runs_beside_the_service_and_the_webhook_hears_it() {
     assert_eq!(identity("web-feature-x.localhost").0, 404, "the preview is gone");
     assert_eq!(identity("web.localhost").0, 200);
 }
+
+#[test]
+fn a_second_deploy_is_refused_while_a_canary_runs_and_promote_finishes_it() {
+    let root = berth_test_support::temp_dir();
+    let slow_canary = "[deploy]\nstrategy = \"canary\"\ncanary_steps = [25, 100]\nstep_pause = \"10m\"\nwatch = \"0s\"\n\
+                       health_deadline = \"15s\"\n";
+    let dir = write_spec(root.path(), "cart", 2, slow_canary);
+    let daemon = Daemon::start(berth(), &root.path().join("state"), &[&dir]);
+    wait_healthy(&daemon, "cart", 2);
+    let path = dir.to_str().expect("utf-8 path");
+
+    let first = spawn(&daemon, &["deploy", path, "--wait"]);
+    wait_until(Duration::from_secs(20), "the canary to take traffic", || {
+        (0..20).map(|_| serving_release(&daemon, "cart")).any(|r| r.ends_with("-r1")).then_some(())
+    });
+    let (ok, stderr) = run(&daemon, &["deploy", path]);
+    assert!(!ok, "a second deploy is refused");
+    assert!(stderr.contains("a rollout of `cart` is under way (release 1)"), "{stderr}");
+    assert!(stderr.contains("berth promote cart"), "the refusal says what to do: {stderr}");
+
+    let (ok, stderr) = run(&daemon, &["promote", "cart"]);
+    assert!(ok, "{stderr}");
+    let out = first.wait_with_output().expect("the first deploy ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stderr}");
+    assert!(out.status.success(), "promoted: {stderr}");
+    assert!((0..20).map(|_| serving_release(&daemon, "cart")).all(|r| r.ends_with("-r1")), "release 1 serves all");
+    let (ok, stderr) = run(&daemon, &["promote", "cart"]);
+    assert!(!ok && stderr.contains("no rollout of `cart` is under way"), "{stderr}");
+}
+
+#[test]
+fn rollback_to_a_numbered_release_runs_its_artifact_again() {
+    let root = berth_test_support::temp_dir();
+    let dir = write_spec(root.path(), "notes", 1, RELEASE_OPTS);
+    let daemon = Daemon::start(berth(), &root.path().join("state"), &[&dir]);
+    wait_healthy(&daemon, "notes", 1);
+    let path = dir.to_str().expect("utf-8 path");
+    for _ in 0..2 {
+        let (ok, stderr) = run(&daemon, &["deploy", path, "--wait"]);
+        assert!(ok, "{stderr}");
+    }
+    assert!(serving_release(&daemon, "notes").ends_with("-r2"));
+    // The directory changes after release 1 was made; rolling back runs release 1's own copy.
+    std::fs::write(dir.join("app.toml"), "this is not TOML").expect("break the working copy");
+
+    let (ok, stderr) = run(&daemon, &["rollback", "notes", "--to", "1"]);
+    assert!(ok, "{stderr}");
+    assert!(serving_release(&daemon, "notes").ends_with("-r1"), "release 1 serves again");
+    let feed = releases(&daemon, "notes");
+    assert_eq!(outcome(&feed, 1), "live");
+    assert_eq!(outcome(&feed, 2), "superseded");
+    let (ok, stderr) = run(&daemon, &["rollback", "notes", "--to", "9"]);
+    assert!(!ok && stderr.contains("has no release 9"), "{stderr}");
+}
