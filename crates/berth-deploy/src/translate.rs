@@ -5,7 +5,8 @@ use std::path::Path;
 use std::collections::BTreeMap;
 
 use berth_gateway::{
-    CachePolicy, Rate, RateKey, RateLimitPolicy, RoutePolicy, RoutingTable, ServiceRoutes, Upstream, UpstreamProtocol,
+    CachePolicy, Rate, RateKey, RateLimitPolicy, RoutePolicy, RoutingTable, ServiceRoutes, Sticky, Upstream,
+    UpstreamProtocol,
 };
 use berth_spec::Spec;
 use berth_supervisor::cgroup::Limits;
@@ -125,6 +126,13 @@ pub fn to_routing_table(
             },
             pools: spec.pools.keys().cloned().collect(),
             redirect_https: spec.redirect_https,
+            // Only while a release runs beside the live one: there is nothing to stick to otherwise.
+            sticky: next_weights.get(name).and(spec.deploy.sticky.as_ref()).map(|sticky| match sticky {
+                berth_spec::Sticky::Header(header) => {
+                    Sticky::Header { name: header.clone(), group: NEXT_GROUP.to_owned() }
+                }
+                berth_spec::Sticky::Cookie(cookie) => Sticky::Cookie { name: cookie.clone() },
+            }),
         })
         .collect();
     RoutingTable { services, default_service: None }

@@ -17,6 +17,8 @@ pub(crate) enum Groups<'a> {
     /// Only this dedicated pool's endpoints: a key a rate limit maps to the pool. Nothing else, even when
     /// the pool is empty.
     Pool(&'a str),
+    /// This (non-pool) group if it can take the request, else the shared groups: a sticky canary client.
+    Prefer(&'a str),
 }
 
 /// Below this share of endpoints not ejected, ejection is ignored: trusting it would overload the rest.
@@ -28,10 +30,24 @@ pub(crate) fn pick(
     tried: &[Arc<EndpointState>],
     now: Instant,
 ) -> Option<Arc<EndpointState>> {
-    let eligible = |group: &&Group| match groups {
-        Groups::Shared => !group.pool,
-        Groups::Pool(pool) => group.name == pool,
-    };
+    match groups {
+        Groups::Shared => pick_among(service, &|g| !g.pool, false, tried, now),
+        // Within a pool, weights split traffic as usual; a pool group's weight of 0 still takes its keys.
+        Groups::Pool(pool) => pick_among(service, &|g| g.name == pool, true, tried, now),
+        // A sticky client goes to its group whatever the weights, and to the others only when it cannot.
+        Groups::Prefer(name) => pick_among(service, &|g| !g.pool && g.name == name, true, tried, now)
+            .or_else(|| pick_among(service, &|g| !g.pool, false, tried, now)),
+    }
+}
+
+fn pick_among(
+    service: &ServiceEntry,
+    eligible: &dyn Fn(&Group) -> bool,
+    any_weight: bool,
+    tried: &[Arc<EndpointState>],
+    now: Instant,
+) -> Option<Arc<EndpointState>> {
+    let eligible = |group: &&Group| eligible(group);
     let n_total: usize = service.groups.iter().filter(eligible).map(|g| g.endpoints.len()).sum();
     if n_total == 0 {
         return None;
@@ -50,8 +66,7 @@ pub(crate) fn pick(
     let n_usable = |group: &Group| group.endpoints.iter().filter(|e| usable(e)).count();
 
     // Weighted choice among the groups that have something usable; no allocation on this path.
-    // Within a pool, weights split traffic as usual; a pool group's weight of 0 still takes its keys.
-    let weight = |g: &Group| u64::from(if matches!(groups, Groups::Pool(_)) { g.weight.max(1) } else { g.weight });
+    let weight = |g: &Group| u64::from(if any_weight { g.weight.max(1) } else { g.weight });
     // A group weighted 0 (a canary rolled back, the old set kept warm after a blue-green switch) takes traffic
     // only when no weighted group can: better the old release than a 503.
     let weighted = service.groups.iter().filter(eligible).any(|g| weight(g) > 0 && n_usable(g) > 0);
@@ -142,6 +157,7 @@ mod tests {
                 protocol: Default::default(),
                 pools: pools.iter().map(|pool| (*pool).to_owned()).collect(),
                 redirect_https: false,
+                sticky: None,
             }],
             default_service: Some("web".into()),
         };

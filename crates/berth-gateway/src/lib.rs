@@ -28,6 +28,7 @@ mod tls;
 pub use gateway::{Gateway, GatewayConfig, Listeners};
 pub use group_stats::{GroupStats, LatencyHistogram};
 pub use table::{
-    CachePolicy, Rate, RateKey, RateLimitPolicy, RoutePolicy, RoutingTable, ServiceRoutes, Upstream, UpstreamProtocol,
+    CachePolicy, Rate, RateKey, RateLimitPolicy, RoutePolicy, RoutingTable, ServiceRoutes, Sticky, Upstream,
+    UpstreamProtocol,
 };
 pub use tls::{CertificateFiles, TlsConfig};

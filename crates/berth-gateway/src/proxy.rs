@@ -26,7 +26,7 @@ use crate::group_stats::GroupRecord;
 use crate::headers::{self, Forwarding, X_REQUEST_ID};
 use crate::metrics::RetryReason;
 use crate::ratelimit;
-use crate::table::{RouteEntry, ServiceEntry, UpstreamProtocol};
+use crate::table::{RouteEntry, ServiceEntry, Sticky, UpstreamProtocol};
 
 /// How long an attempt runs before it also listens for its endpoint's ejection (well below the stall
 /// threshold, so a stalled endpoint's requests still move on at once).
@@ -104,7 +104,15 @@ async fn handle_route(
             return rejected.into_response();
         }
     };
-    let groups = admission.groups();
+    let mut groups = admission.groups();
+    let (pinned, set_cookie) = match groups {
+        Groups::Shared => sticky_group(service, req.headers()),
+        _ => (None, None),
+    };
+    let set_cookie = set_cookie.map(str::to_owned);
+    if let Some(group) = pinned.as_deref() {
+        groups = Groups::Prefer(group);
+    }
     let res = match &route.cache {
         Some(cached) => {
             Ok(crate::cache::serve(shared, client, service, route, cached, groups, ingress, peer, req, started).await)
@@ -119,6 +127,12 @@ async fn handle_route(
         }
     };
     admission.write_fields(res.headers_mut());
+    if let (Some(name), Some(ServedBy(group))) = (set_cookie, res.extensions().get::<ServedBy>()) {
+        let cookie = format!("{name}={group}; Path=/; Max-Age=86400; HttpOnly; SameSite=Lax");
+        if let Ok(cookie) = HeaderValue::try_from(cookie) {
+            res.headers_mut().append(header::SET_COOKIE, cookie);
+        }
+    }
     in_flight.finish(res.status().as_u16());
     res
 }
@@ -167,13 +181,46 @@ pub(crate) async fn proxy(
     started: Instant,
 ) -> Result<Response<ResBody>, ProxyError> {
     let mut group = GroupRecord::new(service, started);
-    let res =
+    let mut res =
         attempt_all(shared, client, service, route, groups, ingress, peer, req, started, &mut group.endpoint).await;
+    if let (Ok(res), Some(Sticky::Cookie { .. })) = (&mut res, &service.sticky)
+        && let Some(served) = group.endpoint.as_ref().and_then(|endpoint| service.group_of(endpoint))
+    {
+        res.extensions_mut().insert(ServedBy(served.name.clone()));
+    }
     group.finish(match &res {
         Ok(res) => res.status().as_u16(),
         Err(error) => error.status().as_u16(),
     });
     res
+}
+
+/// The replica group that answered, on a response to a service with a sticky cookie.
+#[derive(Clone)]
+struct ServedBy(String);
+
+/// The group a sticky client goes to (owned: the request moves on), and whether it still needs a cookie.
+fn sticky_group<'s>(service: &'s ServiceEntry, headers: &http::HeaderMap) -> (Option<String>, Option<&'s str>) {
+    match &service.sticky {
+        Some(Sticky::Header { name, group }) if headers.contains_key(name.as_str()) => (Some(group.clone()), None),
+        Some(Sticky::Cookie { name }) => match cookie(headers, name) {
+            Some(group) if service.groups.iter().any(|g| g.name == group) => (Some(group.to_owned()), None),
+            _ => (None, Some(name)),
+        },
+        _ => (None, None),
+    }
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+fn cookie<'h>(headers: &'h http::HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value.trim_matches('"'))
 }
 
 /// The attempt loop; `last_endpoint` follows the endpoint of the latest attempt.
@@ -214,7 +261,7 @@ async fn attempt_all(
         parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     let mut tried: Vec<Arc<EndpointState>> = Vec::new();
     let mut last_error = match groups {
-        Groups::Shared => ProxyError::NoUpstream { service: service.name.clone() },
+        Groups::Shared | Groups::Prefer(_) => ProxyError::NoUpstream { service: service.name.clone() },
         Groups::Pool(pool) => ProxyError::NoPoolUpstream { service: service.name.clone(), pool: pool.to_owned() },
     };
     loop {

@@ -36,6 +36,16 @@ pub struct ServiceRoutes {
     pub pools: Vec<String>,
     /// On the plain HTTP listener, answer `308` to the same URL on HTTPS instead of serving.
     pub redirect_https: bool,
+    /// Keeps chosen clients on one group while a canary runs.
+    pub sticky: Option<Sticky>,
+}
+
+/// Keeps clients on one side of a canary: requests with `header` go to `group`; with `cookie`, a client
+/// stays with the group that first answered it (the gateway sets the cookie to that group's name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sticky {
+    Header { name: String, group: String },
+    Cookie { name: String },
 }
 
 /// The protocol spoken to a service's replicas.
@@ -145,6 +155,7 @@ pub(crate) struct ServiceEntry {
     pub(crate) groups: Vec<Group>,
     pub(crate) budget: Arc<RetryBudget>,
     pub(crate) redirect_https: bool,
+    pub(crate) sticky: Option<Sticky>,
 }
 
 pub(crate) struct Group {
@@ -314,6 +325,7 @@ impl Registry {
             groups,
             budget,
             redirect_https: service.redirect_https,
+            sticky: service.sticky.clone(),
         }
     }
 }
@@ -434,6 +446,7 @@ mod tests {
                 protocol: UpstreamProtocol::Http1,
                 pools: Vec::new(),
                 redirect_https: false,
+                sticky: None,
             }],
             default_service: None,
         };

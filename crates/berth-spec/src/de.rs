@@ -13,7 +13,7 @@ use serde::ser::{SerializeStruct, Serializer};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use crate::model::{Rate, RateKey, Size};
+use crate::model::{Rate, RateKey, Size, Sticky};
 use crate::units;
 
 /// Placeholder for the key name in an error message, replaced by `explain`.
@@ -32,9 +32,11 @@ const EXPECT_CPU: &str = "a CPU amount such as \"500m\" or 0.5";
 const EXPECT_MEMORY: &str = "a memory size such as \"256MiB\"";
 const EXPECT_RATE: &str = "a rate such as \"20/s\"";
 const EXPECT_RATE_KEY: &str = "\"header:<Name>\", \"source\" or \"ip\"";
+const EXPECT_STICKY: &str = "\"header:<Name>\" or \"cookie:<name>\"";
 
 const COMMAND_HINT: &str =
     "give the program and its arguments, e.g. `command = [\"./bin/server\", \"--port\", \"8080\"]`";
+const STICKY_HINT: &str = "use \"header:<Name>\" (requests carrying that header go to the canary, e.g. \"header:X-Canary\") or \"cookie:<name>\" (a client stays with the release that first answered it, e.g. \"cookie:berth_canary\")";
 const RATE_KEY_HINT: &str = "use \"header:<Name>\" (e.g. \"header:X-Api-Key\"), \"source\" (the calling service) or \"ip\" (the client address)";
 
 /// What each custom visitor expects (as serde reports it in "invalid type" errors) and the
@@ -48,6 +50,7 @@ pub(crate) const EXPECTATION_HINTS: &[(&str, &str)] = &[
     (EXPECT_MEMORY, "write the size as a string with a unit, e.g. \"256MiB\" or \"1GiB\""),
     (EXPECT_RATE, "write requests per second or minute in quotes, e.g. \"20/s\" or \"600/m\""),
     (EXPECT_RATE_KEY, RATE_KEY_HINT),
+    (EXPECT_STICKY, STICKY_HINT),
 ];
 
 /// `#[serde(with)]` for a [`Duration`] written as `"2s"`.
@@ -187,6 +190,42 @@ impl Serialize for RateKey {
 impl<'de> Deserialize<'de> for RateKey {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         deserializer.deserialize_any(RateKeyVisitor)
+    }
+}
+
+impl Serialize for Sticky {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Sticky::Header(name) => serializer.serialize_str(&format!("header:{name}")),
+            Sticky::Cookie(name) => serializer.serialize_str(&format!("cookie:{name}")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Sticky {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(StickyVisitor)
+    }
+}
+
+struct StickyVisitor;
+
+impl Visitor<'_> for StickyVisitor {
+    type Value = Sticky;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(EXPECT_STICKY)
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Sticky, E> {
+        if let Some(name) = v.strip_prefix("header:").filter(|name| is_header_name(name)) {
+            return Ok(Sticky::Header(name.to_owned()));
+        }
+        // Cookie names are tokens too (RFC 6265).
+        if let Some(name) = v.strip_prefix("cookie:").filter(|name| is_header_name(name)) {
+            return Ok(Sticky::Cookie(name.to_owned()));
+        }
+        Err(error_with_hint(&format!("invalid sticky canary `{v}` for {KEY}"), STICKY_HINT))
     }
 }
 

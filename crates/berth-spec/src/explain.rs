@@ -56,6 +56,7 @@ pub(crate) const TABLE_KEYS: &[(&str, &[&str])] = &[
             "watch",
             "health_deadline",
             "analysis",
+            "sticky",
         ],
     ),
     ("`analysis` in [deploy]", &["error_rate", "p90", "min_requests"]),

@@ -25,7 +25,7 @@ pub use diagnostic::{Diagnostic, Severity, render_all};
 pub use hash::release_hash;
 pub use model::{
     Analysis, Autoscale, Cache, Dependencies, Deploy, Health, KeyOrigin, Kind, Nfr, Origin, Pool, Postgres, Protocol,
-    Rate, RateKey, RateLimit, Redis, Route, Run, Size, Spec, Step, Strategy,
+    Rate, RateKey, RateLimit, Redis, Route, Run, Size, Spec, Step, Sticky, Strategy,
 };
 pub use platform::{
     ApiListener, CertificateFiles, DeployHooks, GatewayListeners, Listen, PlatformConfig, parse_platform,

@@ -256,6 +256,15 @@ pub struct RateLimit {
     pub pools: BTreeMap<String, Spanned<String>>,
 }
 
+/// How a canary keeps chosen clients. Written `"header:<Name>"` (requests carrying the header always go to
+/// the canary: testers opt in) or `"cookie:<name>"` (the gateway sets the cookie to the release that first
+/// answered a client, and keeps it there for the rest of the rollout).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sticky {
+    Header(String),
+    Cookie(String),
+}
+
 /// What a rate limit counts requests against. Written `"header:<Name>"`, `"source"` or `"ip"`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum RateKey {
@@ -302,6 +311,9 @@ pub struct Deploy {
     /// How a canary step and the watch window judge the new release's numbers.
     #[serde(skip_serializing_if = "Analysis::is_empty")]
     pub analysis: Analysis,
+    /// Keeps chosen clients on the canary: `"header:<Name>"` or `"cookie:<name>"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<Sticky>,
 }
 
 /// Thresholds of canary analysis, written `analysis = { error_rate = "1%", p90 = "400ms", min_requests = 50 }`
@@ -457,6 +469,7 @@ impl Default for Deploy {
             watch: Duration::from_secs(300),
             health_deadline: Duration::from_secs(120),
             analysis: Analysis::default(),
+            sticky: None,
         }
     }
 }

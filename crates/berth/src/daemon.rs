@@ -201,6 +201,7 @@ pub async fn run_gateway(args: crate::cli::args::GatewayArgs) -> anyhow::Result<
             protocol: Default::default(),
             pools: Vec::new(),
             redirect_https: false,
+            sticky: None,
         }],
         default_service: Some("upstream".into()),
     });

@@ -111,6 +111,7 @@ impl Fixture {
             protocol: Default::default(),
             pools: Vec::new(),
             redirect_https: false,
+            sticky: None,
         };
         gw.gateway.update(&RoutingTable {
             services: vec![service("web", &target), service("good", &good)],

@@ -62,6 +62,7 @@ async fn trailers_pass_through_over_http2_end_to_end() {
             protocol: UpstreamProtocol::H2c,
             pools: Vec::new(),
             redirect_https: false,
+            sticky: None,
         }],
         default_service: Some("greeter".to_owned()),
     });

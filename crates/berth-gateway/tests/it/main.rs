@@ -10,5 +10,6 @@ mod h3;
 mod passthrough;
 mod rate_limit;
 mod retries;
+mod sticky;
 mod support;
 mod tls;

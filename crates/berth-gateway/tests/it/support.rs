@@ -201,6 +201,7 @@ pub fn table_with_routes(endpoints: Vec<Upstream>, routes: Vec<RoutePolicy>) -> 
             protocol: Default::default(),
             pools: Vec::new(),
             redirect_https: false,
+            sticky: None,
         }],
         default_service: Some("web".to_owned()),
     }
