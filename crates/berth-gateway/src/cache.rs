@@ -21,7 +21,6 @@ mod metrics;
 mod policy;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -35,10 +34,10 @@ use tracing::debug;
 
 use crate::balance::Groups;
 use crate::error::ProxyError;
-use crate::gateway::{Shared, UpstreamClient};
+
 use crate::headers::{self, X_REQUEST_ID};
-use crate::proxy::{self, ClientBody, Ingress, ResBody};
-use crate::table::{CachePolicy, RouteEntry, ServiceEntry};
+use crate::proxy::{self, ClientBody, ResBody, Target};
+use crate::table::CachePolicy;
 
 pub(crate) use body::Spliced;
 pub use metrics::{CacheMetrics, RouteCacheMetrics};
@@ -136,23 +135,17 @@ struct Lead {
 
 /// Serves a request to a route with a cache (`route.cache` is `cached`). Every response carries `X-Cache`
 /// and `Age`; errors are answered here too, so they carry them as well.
-#[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve(
-    shared: &Arc<Shared>,
-    client: &UpstreamClient,
-    service: &Arc<ServiceEntry>,
-    route: &RouteEntry,
+    target: Target<'_>,
     cached: &RouteCache,
-    groups: Groups<'_>,
-    ingress: &Arc<Ingress>,
-    peer: SocketAddr,
     req: Request<ClientBody>,
     started: Instant,
 ) -> Response<ResBody> {
+    let Target { shared, service, .. } = target;
     let cache = &shared.cache;
     if !policy::request_uses_cache(&cached.policy, req.method(), req.headers()) {
         cached.metrics.lookup(Lookup::Miss);
-        let res = proxy::proxy(shared, client, service, route, groups, ingress, peer, req.map(Some), started).await;
+        let res = proxy::proxy(target, req.map(Some), started).await;
         return answer_miss(res);
     }
     let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).or(req.uri().host());
@@ -168,7 +161,7 @@ pub(crate) async fn serve(
                 }
                 Usable::Stale => {
                     cached.metrics.lookup(Lookup::Stale);
-                    cache.refresh(shared, client, service, ingress, key, &req, peer);
+                    cache.refresh(target, key, &req);
                     return stored.response(now, "STALE", headers::request_id(req.headers()));
                 }
                 Usable::TooOld => {}
@@ -177,9 +170,7 @@ pub(crate) async fn serve(
         match cache.join_or_lead(key) {
             Role::Lead(lead) => {
                 cached.metrics.lookup(Lookup::Miss);
-                let upstream = (groups, &**ingress, peer);
-                let fetched =
-                    fetch(shared, client, service, route, cached, upstream, req.map(Some), started, lead).await;
+                let fetched = fetch(target, cached, req.map(Some), started, lead).await;
                 return answer_miss(fetched);
             }
             Role::Wait(flight) => {
@@ -196,9 +187,7 @@ pub(crate) async fn serve(
                     }
                     Fetched::Stored(_) | Fetched::NotStored => {
                         cached.metrics.lookup(Lookup::Miss);
-                        let res =
-                            proxy::proxy(shared, client, service, route, groups, ingress, peer, req.map(Some), started)
-                                .await;
+                        let res = proxy::proxy(target, req.map(Some), started).await;
                         return answer_miss(res);
                     }
                 }
@@ -272,32 +261,32 @@ impl Cache {
     }
 
     /// Starts a background refresh of `key` on this worker's runtime, unless a fetch of it is under way.
-    #[allow(clippy::too_many_arguments)]
-    fn refresh(
-        &self,
-        shared: &Arc<Shared>,
-        client: &UpstreamClient,
-        service: &Arc<ServiceEntry>,
-        ingress: &Arc<Ingress>,
-        key: Key,
-        req: &Request<ClientBody>,
-        peer: SocketAddr,
-    ) {
+    fn refresh(&self, target: Target<'_>, key: Key, req: &Request<ClientBody>) {
         let Role::Lead(lead) = self.join_or_lead(key) else { return };
         let mut refresh = Request::new(None);
         *refresh.method_mut() = req.method().clone();
         *refresh.uri_mut() = req.uri().clone();
         *refresh.version_mut() = req.version();
         *refresh.headers_mut() = req.headers().clone();
-        let (shared, client, service, ingress) = (shared.clone(), client.clone(), service.clone(), ingress.clone());
+        let (shared, client, service, ingress) =
+            (target.shared.clone(), target.client.clone(), target.service.clone(), target.ingress.clone());
+        let peer = target.peer;
         tokio::spawn(async move {
             let route = service.route_for(refresh.uri().path());
             let Some(cached) = &route.cache else { return };
             let key = lead.key.clone();
             let started = Instant::now();
             // A refresh serves every client of the entry, so it goes to the service's shared replicas.
-            let upstream = (Groups::Shared, &*ingress, peer);
-            match fetch(&shared, &client, &service, route, cached, upstream, refresh, started, lead).await {
+            let target = Target {
+                shared: &shared,
+                client: &client,
+                service: &service,
+                route,
+                groups: Groups::Shared,
+                ingress: &ingress,
+                peer,
+            };
+            match fetch(target, cached, refresh, started, lead).await {
                 Ok((res, stored)) => {
                     // An answer that may not be stored replaces nothing unless the replica meant it (not a
                     // 5xx): then the stale copy must go too.
@@ -338,21 +327,17 @@ impl Cache {
 
 /// Sends the request upstream as the one fetch of `lead.key`, and stores the answer if it may be.
 /// Returns the response for the client and what was stored.
-#[allow(clippy::too_many_arguments)]
 async fn fetch(
-    shared: &Arc<Shared>,
-    client: &UpstreamClient,
-    service: &ServiceEntry,
-    route: &RouteEntry,
+    target: Target<'_>,
     cached: &RouteCache,
-    (groups, ingress, peer): (Groups<'_>, &Ingress, SocketAddr),
     req: Request<Option<ClientBody>>,
     started: Instant,
     lead: Box<Lead>,
 ) -> Result<(Response<ResBody>, Option<Arc<Stored>>), ProxyError> {
+    let Target { shared, route, .. } = target;
     let request_headers = req.headers().clone();
     let has_authorization = request_headers.contains_key(header::AUTHORIZATION);
-    let res = match proxy::proxy(shared, client, service, route, groups, ingress, peer, req, started).await {
+    let res = match proxy::proxy(target, req, started).await {
         Ok(res) => res,
         Err(error) => {
             lead.finish(Fetched::NotStored);

@@ -397,3 +397,33 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 #[cfg(test)]
 mod tests;
+
+/// Runs `promtool check metrics` (Debian package `prometheus`) on `out` and asserts it has nothing to say.
+/// Without promtool on `PATH` it prints that the check was skipped (CI installs it).
+#[cfg(test)]
+pub(crate) fn promtool_check(out: &str) {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let spawned = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            println!("skipped: `promtool check metrics` (promtool is not on PATH; CI installs it)");
+            return;
+        }
+        Err(error) => panic!("failed to start promtool: {error}"),
+    };
+    child.stdin.take().expect("stdin was piped").write_all(out.as_bytes()).expect("promtool reads all of stdin");
+    let output = child.wait_with_output().expect("promtool runs to completion");
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success() && stdout.trim().is_empty() && stderr.trim().is_empty(),
+        "promtool check metrics: {}\nstdout: {stdout}\nstderr: {stderr}\ninput:\n{out}",
+        output.status,
+    );
+}

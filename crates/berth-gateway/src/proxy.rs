@@ -113,11 +113,10 @@ async fn handle_route(
     if let Some(group) = pinned.as_deref() {
         groups = Groups::Prefer(group);
     }
+    let target = Target { shared, client, service, route, groups, ingress, peer };
     let res = match &route.cache {
-        Some(cached) => {
-            Ok(crate::cache::serve(shared, client, service, route, cached, groups, ingress, peer, req, started).await)
-        }
-        None => proxy(shared, client, service, route, groups, ingress, peer, req.map(Some), started).await,
+        Some(cached) => Ok(crate::cache::serve(target, cached, req, started).await),
+        None => proxy(target, req.map(Some), started).await,
     };
     let mut res = match res {
         Ok(res) => res,
@@ -166,23 +165,31 @@ enum RequestBody {
     Streaming(Option<Limited<ClientBody>>),
 }
 
-/// Sends `req` to a replica of `service`; a request without a body (`None`) is a cache refresh. The outcome
-/// counts for the replica group that answered (see `group_stats.rs`).
-#[allow(clippy::too_many_arguments)]
+/// Where a request goes and what it goes through: everything the request path needs besides the request.
+#[derive(Clone, Copy)]
+pub(crate) struct Target<'a> {
+    pub(crate) shared: &'a Arc<Shared>,
+    /// This worker's upstream connections.
+    pub(crate) client: &'a UpstreamClient,
+    pub(crate) service: &'a Arc<ServiceEntry>,
+    pub(crate) route: &'a RouteEntry,
+    /// Which of the service's replica groups may answer.
+    pub(crate) groups: Groups<'a>,
+    /// The listener the request came in on.
+    pub(crate) ingress: &'a Arc<Ingress>,
+    pub(crate) peer: SocketAddr,
+}
+
+/// Sends `req` to a replica of `target.service`; a request without a body (`None`) is a cache refresh. The
+/// outcome counts for the replica group that answered (see `group_stats.rs`).
 pub(crate) async fn proxy(
-    shared: &Shared,
-    client: &UpstreamClient,
-    service: &ServiceEntry,
-    route: &RouteEntry,
-    groups: Groups<'_>,
-    ingress: &Ingress,
-    peer: SocketAddr,
+    target: Target<'_>,
     req: Request<Option<ClientBody>>,
     started: Instant,
 ) -> Result<Response<ResBody>, ProxyError> {
+    let service = target.service;
     let mut group = GroupRecord::new(service, started);
-    let mut res =
-        attempt_all(shared, client, service, route, groups, ingress, peer, req, started, &mut group.endpoint).await;
+    let mut res = attempt_all(target, req, started, &mut group.endpoint).await;
     if let (Ok(res), Some(Sticky::Cookie { .. })) = (&mut res, &service.sticky)
         && let Some(served) = group.endpoint.as_ref().and_then(|endpoint| service.group_of(endpoint))
     {
@@ -224,19 +231,13 @@ fn cookie<'h>(headers: &'h http::HeaderMap, name: &str) -> Option<&'h str> {
 }
 
 /// The attempt loop; `last_endpoint` follows the endpoint of the latest attempt.
-#[allow(clippy::too_many_arguments)]
 async fn attempt_all(
-    shared: &Shared,
-    client: &UpstreamClient,
-    service: &ServiceEntry,
-    route: &RouteEntry,
-    groups: Groups<'_>,
-    ingress: &Ingress,
-    peer: SocketAddr,
+    target: Target<'_>,
     mut req: Request<Option<ClientBody>>,
     started: Instant,
     last_endpoint: &mut Option<Arc<EndpointState>>,
 ) -> Result<Response<ResBody>, ProxyError> {
+    let Target { shared, client, service, route, groups, ingress, peer } = target;
     let deadline = started + route.timeout;
     let upgrade = headers::is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));

@@ -11,6 +11,7 @@ mod deploy;
 mod logs;
 mod ps;
 mod releases;
+mod table;
 mod up;
 
 use std::process::ExitCode;

@@ -125,8 +125,6 @@ impl RateLimitRegistry {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write as _;
-    use std::process::{Command, Stdio};
 
     use super::*;
 
@@ -164,29 +162,6 @@ mod tests {
             r#"berth_gateway_pool_requests_total{service="web",pool="partner-b"} 1"#,
         ];
         assert_eq!(ours, expected, "\n{out}");
-        promtool_check(&out);
-    }
-
-    fn promtool_check(out: &str) {
-        let mut child = match Command::new("promtool")
-            .args(["check", "metrics"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-        {
-            Ok(child) => child,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                println!("skipped: `promtool check metrics` (promtool is not on PATH; CI installs it)");
-                return;
-            }
-            Err(error) => panic!("failed to start promtool: {error}"),
-        };
-        child.stdin.take().expect("stdin was piped").write_all(out.as_bytes()).expect("promtool reads all of stdin");
-        let output = child.wait_with_output().expect("promtool runs to completion");
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(output.status.success(), "promtool check metrics: {stdout}\n{stderr}\ninput:\n{out}");
-        assert!(stdout.trim().is_empty() && stderr.trim().is_empty(), "promtool lint: {stdout}\n{stderr}");
+        crate::metrics::promtool_check(&out);
     }
 }

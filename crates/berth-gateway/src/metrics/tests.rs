@@ -1,6 +1,4 @@
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write as _;
-use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicBool;
 use std::thread;
 
@@ -319,29 +317,7 @@ fn busy_scenario_passes_promtool() {
     let out = render(&events);
     assert_well_formed(&out);
 
-    let mut child = match Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    {
-        Ok(child) => child,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            println!("skipped: `promtool check metrics` (promtool is not on PATH; CI installs it)");
-            return;
-        }
-        Err(error) => panic!("failed to start promtool: {error}"),
-    };
-    child.stdin.take().expect("stdin was piped").write_all(out.as_bytes()).expect("promtool reads all of stdin");
-    let output = child.wait_with_output().expect("promtool runs to completion");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success() && stdout.trim().is_empty() && stderr.trim().is_empty(),
-        "promtool check metrics: {}\nstdout: {stdout}\nstderr: {stderr}\ninput:\n{out}",
-        output.status,
-    );
+    super::promtool_check(&out);
 }
 
 /// Something that happens to the metrics; `check` replays a list of them and compares the rendering.

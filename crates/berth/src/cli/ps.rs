@@ -7,6 +7,7 @@ use berth_api::wire::{ReplicaView, ServiceView};
 
 use super::args::PsArgs;
 use super::client::Client;
+use super::table::table;
 
 pub async fn ps(state_dir: &Path, args: &PsArgs) -> anyhow::Result<ExitCode> {
     let client = Client::connect(state_dir)?;
@@ -73,22 +74,6 @@ fn row(replica: &ReplicaView) -> [String; 10] {
         replica.rss_bytes.map(bytes_human).unwrap_or_else(dash),
         replica.last_exit.as_ref().map(|exit| exit.message.clone()).unwrap_or_else(dash),
     ]
-}
-
-fn table(rows: &[[String; 10]]) -> String {
-    let mut widths = [0usize; 10];
-    for row in rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for row in rows {
-        let line: Vec<String> = row.iter().zip(widths).map(|(cell, width)| format!("  {cell:<width$}")).collect();
-        out += line.concat().trim_end();
-        out.push('\n');
-    }
-    out
 }
 
 pub fn bytes_human(bytes: u64) -> String {

@@ -7,6 +7,7 @@ use berth_api::wire::{ReleaseView, unix_ms};
 
 use super::args::ReleasesArgs;
 use super::client::Client;
+use super::table::table;
 
 pub async fn releases(state_dir: &Path, args: &ReleasesArgs) -> anyhow::Result<ExitCode> {
     let client = Client::connect(state_dir)?;
@@ -54,22 +55,6 @@ fn row(release: &ReleaseView, now_ms: u64) -> [String; 7] {
         duration,
         outcome,
     ]
-}
-
-fn table(rows: &[[String; 7]]) -> String {
-    let mut widths = [0usize; 7];
-    for row in rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for row in rows {
-        let line: Vec<String> = row.iter().zip(widths).map(|(cell, width)| format!("  {cell:<width$}")).collect();
-        out += line.concat().trim_end();
-        out.push('\n');
-    }
-    out
 }
 
 /// `850ms`, `42s`, `3m12s`, `2h5m`, `4d3h`.
