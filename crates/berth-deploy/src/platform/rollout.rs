@@ -33,6 +33,8 @@ const TICK: Duration = Duration::from_millis(200);
 const MAX_JUDGE_WAIT: Duration = Duration::from_secs(30 * 60);
 /// Bound on moving back to the old release after a failed rollout.
 const RESTORE_DEADLINE: Duration = Duration::from_secs(120);
+/// How many of the failing release's log lines a "not healthy" message quotes.
+const LOG_TAIL: usize = 8;
 
 /// `berth deploy`.
 #[derive(Debug, Clone)]
@@ -719,15 +721,26 @@ impl Platform {
                 reported = Some(progress);
             }
             if Instant::now() >= until {
-                return Err(self.why_not_healthy(unit, &status, deadline));
+                return Err(self.why_not_healthy(unit, identity, &status, deadline));
             }
             tokio::time::sleep(TICK).await;
         }
     }
 
-    fn why_not_healthy(&self, unit: &str, status: &berth_supervisor::ServiceStatus, deadline: Duration) -> String {
+    /// Why `unit` did not get healthy on `identity`: the failing instance of the new release, and the last
+    /// lines logged since the rollout began by instances that do not run an older release (the old replicas
+    /// of a rolling deploy share the unit's log and would otherwise drown the failing one's last words).
+    fn why_not_healthy(
+        &self,
+        unit: &str,
+        identity: &str,
+        status: &berth_supervisor::ServiceStatus,
+        deadline: Duration,
+    ) -> String {
+        use berth_supervisor::ReplicaState;
         let mut reason = format!("not healthy within {} (health_deadline)", berth_spec::format_duration(deadline));
-        let failing = status.replicas.iter().find(|r| r.state != berth_supervisor::ReplicaState::Healthy);
+        let on_new = |r: &&berth_supervisor::ReplicaStatus| r.release.as_deref() == Some(identity);
+        let failing = status.replicas.iter().filter(on_new).find(|r| r.state != ReplicaState::Healthy);
         if let Some(replica) = failing {
             reason.push_str(&format!("; replica {} is {}", replica.index, replica.state.as_str()));
             if let Some((exit, _)) = &replica.last_exit {
@@ -737,13 +750,22 @@ impl Platform {
                 reason.push_str(&format!(", last probe: {probe}"));
             }
         }
-        let tail = self.supervisor.logs().query(unit, &LogQuery { replica: None, since_ms: None, tail: Some(8) });
-        if let Ok(lines) = tail
-            && !lines.is_empty()
-        {
-            reason.push_str("; its last log lines:");
-            for line in lines {
-                reason.push_str(&format!("\n  [{}] {}", line.replica, line.line));
+        let old: Vec<&str> = status
+            .replicas
+            .iter()
+            .filter(|r| r.release.as_deref().is_some_and(|release| release != identity))
+            .filter_map(|r| r.instance.as_deref())
+            .collect();
+        let began = SystemTime::now().checked_sub(deadline).unwrap_or(UNIX_EPOCH);
+        let since_ms = began.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let query = LogQuery { replica: None, since_ms: Some(since_ms), tail: None };
+        if let Ok(lines) = self.supervisor.logs().query(unit, &query) {
+            let lines: Vec<_> = lines.into_iter().filter(|line| !old.contains(&line.instance.as_str())).collect();
+            if !lines.is_empty() {
+                reason.push_str("; its last log lines:");
+                for line in &lines[lines.len().saturating_sub(LOG_TAIL)..] {
+                    reason.push_str(&format!("\n  [{}] {}", line.replica, line.line));
+                }
             }
         }
         reason

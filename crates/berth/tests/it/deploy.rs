@@ -235,7 +235,18 @@ fn a_test_failure_keeps_the_old_release() {
 #[test]
 fn a_release_that_never_gets_healthy_is_rolled_back_with_its_logs() {
     let extra = "[env]\nHELLO_FAIL_START = \"1\"\n";
-    failed_deploy_keeps_the_old_release(extra, &["was not deployed", "not healthy within 15s", "its last log lines"]);
+    // The message quotes the failing replica itself (its exit, its own last words), not the old replicas
+    // that share the unit's log during a rolling deploy.
+    failed_deploy_keeps_the_old_release(
+        extra,
+        &[
+            "was not deployed",
+            "not healthy within 15s",
+            "its last log lines",
+            "[0] failing at start",
+            "exited with code 1",
+        ],
+    );
 }
 
 #[test]
