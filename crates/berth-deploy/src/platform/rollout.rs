@@ -739,8 +739,8 @@ impl Platform {
     ) -> String {
         use berth_supervisor::ReplicaState;
         let mut reason = format!("not healthy within {} (health_deadline)", berth_spec::format_duration(deadline));
-        let on_new = |r: &&berth_supervisor::ReplicaStatus| r.release.as_deref() == Some(identity);
-        let failing = status.replicas.iter().filter(on_new).find(|r| r.state != ReplicaState::Healthy);
+        let failing =
+            status.replicas.iter().find(|r| r.release.as_deref() == Some(identity) && r.state != ReplicaState::Healthy);
         if let Some(replica) = failing {
             reason.push_str(&format!("; replica {} is {}", replica.index, replica.state.as_str()));
             if let Some((exit, _)) = &replica.last_exit {
