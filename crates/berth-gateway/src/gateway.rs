@@ -6,8 +6,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
@@ -19,9 +17,10 @@ use crate::endpoint::EndpointState;
 use crate::framing::FramingGuard;
 use crate::group_stats::GroupStats;
 use crate::metrics::{EjectReason, Metrics, RetryReason};
-use crate::proxy::{self, Ingress, ReqBody};
+use crate::proxy::{self, Ingress};
 use crate::table::{Registry, RouteEntry, RoutingTable, ServiceEntry, Snapshot};
 use crate::tls::{Tls, TlsConfig};
+use crate::upstream::UpstreamClient;
 use crate::{h3, headers};
 
 #[derive(Debug, Clone)]
@@ -357,7 +356,7 @@ async fn worker_loop(shared: Arc<Shared>, sockets: WorkerSockets, mut stop: toki
     };
     let http = sockets.http.and_then(|(listener, ingress)| Some((to_tokio(listener)?, ingress)));
     let https = sockets.https.and_then(|(listener, acceptor, ingress)| Some((to_tokio(listener)?, acceptor, ingress)));
-    let client = upstream_client(&shared.config);
+    let client = UpstreamClient::new(shared.config.upstream_idle_timeout);
     let servers = Arc::new(servers(&shared.config));
     loop {
         let (accepted, tls) = tokio::select! {
@@ -477,30 +476,6 @@ async fn serve_tls(
     if let Err(error) = served {
         debug!(peer = %peer, error = %error, "client connection ended with an error");
     }
-}
-
-/// A worker's upstream clients, one per protocol; each keeps its own connection pool.
-#[derive(Clone)]
-pub(crate) struct UpstreamClient {
-    pub(crate) http1: Client<HttpConnector, ReqBody>,
-    pub(crate) h2c: Client<HttpConnector, ReqBody>,
-}
-
-pub(crate) fn upstream_client(config: &GatewayConfig) -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(2)));
-    let mut builder = Client::builder(TokioExecutor::new());
-    builder
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(config.upstream_idle_timeout)
-        // A pooled connection the replica closed before our request was written: resend.
-        .retry_canceled_requests(true)
-        // The client's Host header passes through unchanged.
-        .set_host(false);
-    let http1 = builder.build(connector.clone());
-    let h2c = builder.http2_only(true).timer(TokioTimer::new()).build(connector);
-    UpstreamClient { http1, h2c }
 }
 
 struct StopOnDrop(tokio::sync::watch::Sender<bool>);

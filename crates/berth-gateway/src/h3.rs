@@ -14,8 +14,9 @@ use http_body::{Body, Frame};
 use http_body_util::{BodyExt as _, Either};
 use tracing::debug;
 
-use crate::gateway::{Shared, UpstreamClient, upstream_client};
+use crate::gateway::Shared;
 use crate::proxy::{self, Ingress};
+use crate::upstream::UpstreamClient;
 
 /// A started QUIC endpoint. Dropping it (or the future of `serve`) closes every HTTP/3 connection.
 pub(crate) struct Server {
@@ -55,7 +56,7 @@ impl Server {
 
     /// Accepts connections until dropped.
     pub(crate) async fn serve(self) -> std::io::Result<()> {
-        let client = upstream_client(&self.shared.config);
+        let client = UpstreamClient::new(self.shared.config.upstream_idle_timeout);
         while let Some(incoming) = self.endpoint.accept().await {
             let shared = self.shared.clone();
             let client = client.clone();

@@ -24,6 +24,7 @@ mod proxy;
 mod ratelimit;
 mod table;
 mod tls;
+mod upstream;
 
 pub use gateway::{Gateway, GatewayConfig, Listeners};
 pub use group_stats::{GroupStats, LatencyHistogram};

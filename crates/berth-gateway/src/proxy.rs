@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode, Version, header};
+use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
@@ -21,12 +21,13 @@ use crate::access_log::{AccessRequest, Destination};
 use crate::balance::{self, Groups};
 use crate::endpoint::{EndpointState, Outcome};
 use crate::error::ProxyError;
-use crate::gateway::{Shared, UpstreamClient};
+use crate::gateway::Shared;
 use crate::group_stats::GroupRecord;
 use crate::headers::{self, Forwarding, X_REQUEST_ID};
 use crate::metrics::RetryReason;
 use crate::ratelimit;
-use crate::table::{RouteEntry, ServiceEntry, Sticky, UpstreamProtocol};
+use crate::table::{RouteEntry, ServiceEntry, Sticky};
+use crate::upstream::{SendError, UpstreamClient};
 
 /// How long an attempt runs before it also listens for its endpoint's ejection (well below the stall
 /// threshold, so a stalled endpoint's requests still move on at once).
@@ -280,20 +281,7 @@ async fn attempt_all(
         };
         let mut upstream_req = Request::new(attempt_body);
         *upstream_req.method_mut() = parts.method.clone();
-        *upstream_req.uri_mut() = http::Uri::builder()
-            .scheme(http::uri::Scheme::HTTP)
-            .authority(endpoint.authority.clone())
-            .path_and_query(path_and_query.clone())
-            .build()
-            .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
-        let client = match service.protocol {
-            UpstreamProtocol::Http1 => &client.http1,
-            UpstreamProtocol::H2c => &client.h2c,
-        };
-        *upstream_req.version_mut() = match service.protocol {
-            UpstreamProtocol::Http1 => Version::HTTP_11,
-            UpstreamProtocol::H2c => Version::HTTP_2,
-        };
+        *upstream_req.uri_mut() = http::Uri::from(path_and_query.clone());
         *upstream_req.headers_mut() = parts.headers.clone();
 
         let attempt = endpoint.begin();
@@ -301,12 +289,12 @@ async fn attempt_all(
         let remaining = deadline - now;
         let per_try = route.per_try_timeout.map_or(remaining, |t| t.min(remaining));
         let watch_ejection = idempotent && replayable;
-        let send = client.request(upstream_req);
+        let send = client.send(endpoint.addr, &endpoint.authority, service.protocol, upstream_req);
         tokio::pin!(send);
-        let classify = |res: Result<Response<Incoming>, hyper_util::client::legacy::Error>| match res {
+        let classify = |res: Result<Response<Incoming>, SendError>| match res {
             Ok(res) => Attempted::Response(res),
-            Err(error) if error.is_connect() => Attempted::NeverSent(error_chain(&error)),
-            Err(error) => Attempted::Failed(error_chain(&error)),
+            Err(SendError::NeverSent(detail)) => Attempted::NeverSent(detail),
+            Err(SendError::Failed(detail)) => Attempted::Failed(detail),
         };
         // Most answers come quickly: only a slow one waits on the endpoint's ejection signal, which
         // costs a registration on a lock shared by every request to that endpoint.
@@ -439,15 +427,4 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnU
     let mut client = hyper_util::rt::TokioIo::new(client);
     let mut upstream = hyper_util::rt::TokioIo::new(upstream);
     let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut res = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        res.push_str(": ");
-        res.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    res
 }

@@ -1,0 +1,256 @@
+//! Connections to replicas: a pool per gateway worker (and one for HTTP/3), keyed by replica address.
+//!
+//! HTTP/1.1: idle connections wait in a stack per replica, the most recently used on top; one is taken
+//! per request and comes back once hyper says it can carry the next one (its response body read). A
+//! connection idle longer than `idle_timeout` is never used again: it should be below the replicas' own
+//! idle timeout, so that the gateway, not the replica, closes idle connections and a request is never
+//! written on a connection the replica is closing. h2c: one shared connection per replica.
+//!
+//! A request that hyper hands back unsent (the pooled connection had closed) goes on a fresh connection;
+//! a failed connect, or a fresh connection that closes before the request is written, is `NeverSent`,
+//! which the request path may retry on another replica whatever the method.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use http::{Request, Response, Version};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tracing::debug;
+
+use crate::proxy::ReqBody;
+use crate::table::UpstreamProtocol;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Idle HTTP/1.1 connections kept per replica; more are closed when they come back.
+const MAX_IDLE_PER_REPLICA: usize = 512;
+
+/// Why a request got no response.
+#[derive(Debug)]
+pub(crate) enum SendError {
+    /// No byte of the request reached the replica: safe to send elsewhere.
+    NeverSent(String),
+    /// The request may have reached the replica.
+    Failed(String),
+}
+
+/// A worker's upstream connections. Cheap to clone; clones share the pool.
+#[derive(Clone)]
+pub(crate) struct UpstreamClient {
+    pool: Arc<Pool>,
+}
+
+struct Pool {
+    idle_timeout: Duration,
+    http1: Mutex<HashMap<SocketAddr, VecDeque<Idle>>>,
+    h2c: Mutex<HashMap<SocketAddr, http2::SendRequest<ReqBody>>>,
+}
+
+struct Idle {
+    sender: http1::SendRequest<ReqBody>,
+    since: Instant,
+}
+
+impl UpstreamClient {
+    /// A new, empty pool; must be called inside a tokio runtime (it starts the task that closes connections
+    /// idle too long, which ends with the last clone).
+    pub(crate) fn new(idle_timeout: Duration) -> UpstreamClient {
+        let pool = Arc::new(Pool { idle_timeout, http1: Mutex::default(), h2c: Mutex::default() });
+        tokio::spawn(sweep(Arc::downgrade(&pool)));
+        UpstreamClient { pool }
+    }
+
+    /// Sends `req` (origin-form URI, `Host` header set) to the replica at `addr`.
+    pub(crate) async fn send(
+        &self,
+        addr: SocketAddr,
+        authority: &http::uri::Authority,
+        protocol: UpstreamProtocol,
+        req: Request<ReqBody>,
+    ) -> Result<Response<Incoming>, SendError> {
+        match protocol {
+            UpstreamProtocol::Http1 => self.send_http1(addr, req).await,
+            UpstreamProtocol::H2c => self.send_h2c(addr, authority, req).await,
+        }
+    }
+
+    async fn send_http1(&self, addr: SocketAddr, mut req: Request<ReqBody>) -> Result<Response<Incoming>, SendError> {
+        *req.version_mut() = Version::HTTP_11;
+        while let Some(mut sender) = self.pool.checkout(addr) {
+            match sender.try_send_request(req).await {
+                Ok(res) => {
+                    self.pool.recycle(addr, sender);
+                    return Ok(res);
+                }
+                Err(mut error) => match error.take_message() {
+                    // The connection closed before the request was written: try the next one.
+                    Some(unsent) => req = unsent,
+                    None => return Err(SendError::Failed(error_chain(error.error()))),
+                },
+            }
+        }
+        let mut sender = connect_http1(addr).await?;
+        match sender.try_send_request(req).await {
+            Ok(res) => {
+                self.pool.recycle(addr, sender);
+                Ok(res)
+            }
+            Err(error) if error.message().is_some() => Err(SendError::NeverSent(error_chain(error.error()))),
+            Err(error) => Err(SendError::Failed(error_chain(error.error()))),
+        }
+    }
+
+    async fn send_h2c(
+        &self,
+        addr: SocketAddr,
+        authority: &http::uri::Authority,
+        mut req: Request<ReqBody>,
+    ) -> Result<Response<Incoming>, SendError> {
+        // HTTP/2 carries scheme and authority as pseudo-headers: the URI must be absolute.
+        let mut uri = std::mem::take(req.uri_mut()).into_parts();
+        uri.scheme = Some(http::uri::Scheme::HTTP);
+        uri.authority = Some(authority.clone());
+        *req.uri_mut() =
+            http::Uri::from_parts(uri).map_err(|error| SendError::NeverSent(format!("request target: {error}")))?;
+        *req.version_mut() = Version::HTTP_2;
+        let shared = lock(&self.pool.h2c).get(&addr).filter(|sender| !sender.is_closed()).cloned();
+        if let Some(mut sender) = shared {
+            match sender.try_send_request(req).await {
+                Ok(res) => return Ok(res),
+                Err(mut error) => match error.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(SendError::Failed(error_chain(error.error()))),
+                },
+            }
+        }
+        let mut sender = connect_h2c(addr).await?;
+        lock(&self.pool.h2c).insert(addr, sender.clone());
+        match sender.try_send_request(req).await {
+            Ok(res) => Ok(res),
+            Err(error) if error.message().is_some() => Err(SendError::NeverSent(error_chain(error.error()))),
+            Err(error) => Err(SendError::Failed(error_chain(error.error()))),
+        }
+    }
+}
+
+impl Pool {
+    /// The most recently used idle connection to `addr` that can still carry a request.
+    fn checkout(&self, addr: SocketAddr) -> Option<http1::SendRequest<ReqBody>> {
+        let mut idle = lock(&self.http1);
+        let stack = idle.get_mut(&addr)?;
+        let fresh_after = Instant::now().checked_sub(self.idle_timeout);
+        while let Some(conn) = stack.pop_back() {
+            if fresh_after.is_some_and(|after| conn.since < after) {
+                // Everything below is older still.
+                stack.clear();
+                break;
+            }
+            if conn.sender.is_ready() {
+                return Some(conn.sender);
+            }
+        }
+        None
+    }
+
+    /// Puts `sender` back once its connection can carry the next request (the response body is read).
+    fn recycle(self: &Arc<Self>, addr: SocketAddr, mut sender: http1::SendRequest<ReqBody>) {
+        let pool = Arc::downgrade(self);
+        tokio::spawn(async move {
+            if sender.ready().await.is_err() {
+                return;
+            }
+            let Some(pool) = pool.upgrade() else { return };
+            let mut idle = lock(&pool.http1);
+            let stack = idle.entry(addr).or_default();
+            if stack.len() < MAX_IDLE_PER_REPLICA {
+                stack.push_back(Idle { sender, since: Instant::now() });
+            }
+        });
+    }
+
+    /// Closes connections idle too long (and forgets closed ones), so that replicas that are gone or quiet
+    /// hold no sockets.
+    fn expire(&self) {
+        let fresh_after = Instant::now().checked_sub(self.idle_timeout);
+        lock(&self.http1).retain(|_, stack| {
+            stack.retain(|conn| !conn.sender.is_closed() && fresh_after.is_none_or(|after| conn.since >= after));
+            !stack.is_empty()
+        });
+        lock(&self.h2c).retain(|_, sender| !sender.is_closed());
+    }
+}
+
+async fn sweep(pool: Weak<Pool>) {
+    let Some(period) = pool.upgrade().map(|pool| pool.idle_timeout.max(Duration::from_millis(100))) else {
+        return;
+    };
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match pool.upgrade() {
+            Some(pool) => pool.expire(),
+            None => return,
+        }
+    }
+}
+
+async fn connect(addr: SocketAddr) -> Result<TokioIo<TcpStream>, SendError> {
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => return Err(SendError::NeverSent(format!("connect to {addr}: {error}"))),
+        Err(_) => {
+            return Err(SendError::NeverSent(format!("connect to {addr}: no answer in {CONNECT_TIMEOUT:?}")));
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    Ok(TokioIo::new(stream))
+}
+
+async fn connect_http1(addr: SocketAddr) -> Result<http1::SendRequest<ReqBody>, SendError> {
+    let io = connect(addr).await?;
+    let (sender, conn) = http1::Builder::new()
+        .handshake(io)
+        .await
+        .map_err(|error| SendError::NeverSent(format!("HTTP/1.1 to {addr}: {}", error_chain(&error))))?;
+    tokio::spawn(async move {
+        if let Err(error) = conn.with_upgrades().await {
+            debug!(%addr, error = %error_chain(&error), "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+async fn connect_h2c(addr: SocketAddr) -> Result<http2::SendRequest<ReqBody>, SendError> {
+    let io = connect(addr).await?;
+    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .handshake(io)
+        .await
+        .map_err(|error| SendError::NeverSent(format!("h2c to {addr}: {}", error_chain(&error))))?;
+    tokio::spawn(async move {
+        if let Err(error) = conn.await {
+            debug!(%addr, error = %error_chain(&error), "upstream h2c connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut res = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        res.push_str(": ");
+        res.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    res
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
