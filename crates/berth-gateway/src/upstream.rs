@@ -254,3 +254,106 @@ pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Either, Full};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio::sync::mpsc;
+
+    use super::*;
+
+    /// A replica that answers every HTTP/1.1 request on a connection with `200 ok`, counts the connections
+    /// it accepted, and reports each one's end.
+    async fn replica() -> (SocketAddr, Arc<AtomicUsize>, mpsc::UnboundedReceiver<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (closed_tx, closed) = mpsc::unbounded_channel();
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let closed_tx = closed_tx.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    loop {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            let res = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            if stream.write_all(res).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    let _ = closed_tx.send(());
+                });
+            }
+        });
+        (addr, accepted, closed)
+    }
+
+    async fn get(client: &UpstreamClient, addr: SocketAddr) -> Bytes {
+        let authority: http::uri::Authority = addr.to_string().parse().expect("authority");
+        let req = Request::builder()
+            .uri("/")
+            .header(http::header::HOST, addr.to_string())
+            .body(Either::Left(Full::new(Bytes::new())))
+            .expect("request");
+        let res = client.send(addr, &authority, UpstreamProtocol::Http1, req).await.expect("response");
+        assert_eq!(res.status(), http::StatusCode::OK);
+        res.into_body().collect().await.expect("body").to_bytes()
+    }
+
+    #[tokio::test]
+    async fn sequential_requests_share_one_connection() {
+        let (addr, accepted, _closed) = replica().await;
+        let client = UpstreamClient::new(Duration::from_secs(30));
+        for _ in 0..5 {
+            assert_eq!(get(&client, addr).await, "ok");
+            // The connection goes back to the pool once hyper has read the body: wait for it.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while lock(&client.pool.http1).get(&addr).is_none_or(VecDeque::is_empty) {
+                assert!(Instant::now() < deadline, "the connection never came back to the pool");
+                tokio::task::yield_now().await;
+            }
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_idle_past_the_timeout_is_closed_and_not_reused() {
+        let (addr, accepted, mut closed) = replica().await;
+        let client = UpstreamClient::new(Duration::from_millis(100));
+        assert_eq!(get(&client, addr).await, "ok");
+        // The sweep closes it: the replica sees the connection end.
+        tokio::time::timeout(Duration::from_secs(5), closed.recv())
+            .await
+            .expect("the idle connection was not closed within 5 s");
+        assert_eq!(get(&client, addr).await, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_refused_connect_is_never_sent() {
+        let addr = TcpListener::bind("127.0.0.1:0").await.expect("bind").local_addr().expect("addr");
+        // The listener is dropped: nothing listens there any more.
+        let client = UpstreamClient::new(Duration::from_secs(30));
+        let authority: http::uri::Authority = addr.to_string().parse().expect("authority");
+        let req = Request::builder().uri("/").body(Either::Left(Full::new(Bytes::new()))).expect("request");
+        match client.send(addr, &authority, UpstreamProtocol::Http1, req).await {
+            Err(SendError::NeverSent(detail)) => assert!(detail.contains(&addr.to_string()), "{detail}"),
+            Err(SendError::Failed(detail)) => panic!("a refused connect must be NeverSent, got Failed: {detail}"),
+            Ok(res) => panic!("nothing listens, yet got {}", res.status()),
+        }
+    }
+}
