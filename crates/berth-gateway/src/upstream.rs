@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::{TrySendError, http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tracing::debug;
@@ -53,6 +53,13 @@ struct Pool {
 struct Idle {
     sender: http1::SendRequest<ReqBody>,
     since: Instant,
+}
+
+impl Idle {
+    /// Idle since before `fresh_after` (`None`: the clock is younger than the idle timeout, nothing is).
+    fn expired(&self, fresh_after: Option<Instant>) -> bool {
+        fresh_after.is_some_and(|after| self.since < after)
+    }
 }
 
 impl UpstreamClient {
@@ -94,14 +101,9 @@ impl UpstreamClient {
             }
         }
         let mut sender = connect_http1(addr).await?;
-        match sender.try_send_request(req).await {
-            Ok(res) => {
-                self.pool.recycle(addr, sender);
-                Ok(res)
-            }
-            Err(error) if error.message().is_some() => Err(SendError::NeverSent(error_chain(error.error()))),
-            Err(error) => Err(SendError::Failed(error_chain(error.error()))),
-        }
+        let res = sender.try_send_request(req).await.map_err(fresh_failure)?;
+        self.pool.recycle(addr, sender);
+        Ok(res)
     }
 
     async fn send_h2c(
@@ -129,11 +131,7 @@ impl UpstreamClient {
         }
         let mut sender = connect_h2c(addr).await?;
         lock(&self.pool.h2c).insert(addr, sender.clone());
-        match sender.try_send_request(req).await {
-            Ok(res) => Ok(res),
-            Err(error) if error.message().is_some() => Err(SendError::NeverSent(error_chain(error.error()))),
-            Err(error) => Err(SendError::Failed(error_chain(error.error()))),
-        }
+        sender.try_send_request(req).await.map_err(fresh_failure)
     }
 }
 
@@ -144,7 +142,7 @@ impl Pool {
         let stack = idle.get_mut(&addr)?;
         let fresh_after = Instant::now().checked_sub(self.idle_timeout);
         while let Some(conn) = stack.pop_back() {
-            if fresh_after.is_some_and(|after| conn.since < after) {
+            if conn.expired(fresh_after) {
                 // Everything below is older still.
                 stack.clear();
                 break;
@@ -177,7 +175,7 @@ impl Pool {
     fn expire(&self) {
         let fresh_after = Instant::now().checked_sub(self.idle_timeout);
         lock(&self.http1).retain(|_, stack| {
-            stack.retain(|conn| !conn.sender.is_closed() && fresh_after.is_none_or(|after| conn.since >= after));
+            stack.retain(|conn| !conn.sender.is_closed() && !conn.expired(fresh_after));
             !stack.is_empty()
         });
         lock(&self.h2c).retain(|_, sender| !sender.is_closed());
@@ -240,7 +238,13 @@ async fn connect_h2c(addr: SocketAddr) -> Result<http2::SendRequest<ReqBody>, Se
     Ok(sender)
 }
 
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+/// A fresh connection's failure: with the request handed back, none of it was written.
+fn fresh_failure(error: TrySendError<Request<ReqBody>>) -> SendError {
+    let detail = error_chain(error.error());
+    if error.message().is_some() { SendError::NeverSent(detail) } else { SendError::Failed(detail) }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
     let mut res = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// mimalloc: about 7% less CPU per proxied request than glibc malloc (`docs/benchmarks.md`).
+/// mimalloc: 6% fewer instructions per proxied request than glibc malloc (`docs/benchmarks.md`).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
