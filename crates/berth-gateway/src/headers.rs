@@ -35,10 +35,10 @@ pub(crate) fn rewrite_request(headers: &mut HeaderMap, forwarding: &Forwarding<'
     }
 
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) => format!("{prior}, {}", forwarding.client_ip),
-        None => forwarding.client_ip.to_string(),
+        Some(prior) => HeaderValue::try_from(format!("{prior}, {}", forwarding.client_ip)).ok(),
+        None => Some(ip_value(forwarding.client_ip)),
     };
-    if let Ok(value) = HeaderValue::try_from(xff) {
+    if let Some(value) = xff {
         headers.insert(X_FORWARDED_FOR, value);
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(forwarding.proto));
@@ -99,40 +99,82 @@ pub(crate) fn rewrite_response(headers: &mut HeaderMap, upgrade: bool) {
 /// Connection-scoped headers (RFC 9110 §7.6.1), and any header the `Connection` header names. An upgrade
 /// keeps `Connection: upgrade` and `Upgrade`.
 fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    // Most requests carry none of these: one pass over the (few) names finds out, instead of a hash
-    // lookup per name.
-    let hop_by_hop = |name: &HeaderName| {
-        name == header::CONNECTION
-            || name == header::TE
-            || name == header::TRAILER
-            || name == header::TRANSFER_ENCODING
-            || name == KEEP_ALIVE
-            || name == PROXY_CONNECTION
-            || (name == header::UPGRADE && !upgrade)
-    };
-    if !headers.keys().any(hop_by_hop) && !upgrade {
-        return;
+    // One pass over the (few) names finds which are there: most requests carry none, most responses only
+    // `Connection: keep-alive`, and a lookup per name costs a hash each.
+    let always: [HeaderName; 6] =
+        [header::CONNECTION, KEEP_ALIVE, PROXY_CONNECTION, header::TE, header::TRAILER, header::TRANSFER_ENCODING];
+    let mut present = [false; 6];
+    let mut has_upgrade = false;
+    for name in headers.keys() {
+        if let Some(idx) = always.iter().position(|always| always == name) {
+            present[idx] = true;
+        }
+        has_upgrade |= name == header::UPGRADE;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|name| HeaderName::try_from(name.trim()).ok())
-        .filter(|name| !(upgrade && name == header::UPGRADE))
-        .collect();
-    for name in named {
-        headers.remove(name);
+    if present[0] {
+        // Names `Connection` lists beyond the ones removed anyway (rare: collected only when there).
+        let is_other = |token: &str| {
+            let token = token.trim();
+            !(token.is_empty()
+                || token.eq_ignore_ascii_case("close")
+                || token.eq_ignore_ascii_case("upgrade")
+                || always.iter().any(|always| token.eq_ignore_ascii_case(always.as_str())))
+        };
+        let tokens = || {
+            headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|value| value.to_str().ok())
+                .flat_map(|value| value.split(','))
+        };
+        if tokens().any(is_other) {
+            let named: Vec<HeaderName> = tokens()
+                .filter(|token| is_other(token))
+                .filter_map(|name| HeaderName::try_from(name.trim()).ok())
+                .collect();
+            for name in named {
+                headers.remove(name);
+            }
+        }
     }
-    for name in [KEEP_ALIVE, PROXY_CONNECTION, header::TE, header::TRAILER, header::TRANSFER_ENCODING] {
-        headers.remove(name);
+    for (name, present) in always.iter().zip(present) {
+        if present {
+            headers.remove(name);
+        }
     }
-    headers.remove(header::CONNECTION);
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    } else if has_upgrade {
         headers.remove(header::UPGRADE);
     }
+}
+
+/// An IP address as a header value, without `fmt` for IPv4 (on every request for `X-Forwarded-For`).
+fn ip_value(ip: IpAddr) -> HeaderValue {
+    let IpAddr::V4(v4) = ip else {
+        return HeaderValue::try_from(ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"));
+    };
+    let mut out = [0u8; 15];
+    let mut len = 0;
+    for (idx, octet) in v4.octets().into_iter().enumerate() {
+        if idx > 0 {
+            out[len] = b'.';
+            len += 1;
+        }
+        let digits = [octet / 100, octet / 10 % 10, octet % 10];
+        let skip = if octet >= 100 {
+            0
+        } else if octet >= 10 {
+            1
+        } else {
+            2
+        };
+        for digit in &digits[skip..] {
+            out[len] = b'0' + digit;
+            len += 1;
+        }
+    }
+    HeaderValue::from_bytes(&out[..len]).unwrap_or(HeaderValue::from_static("unknown"))
 }
 
 /// The request id of an answer the gateway gives itself (a cache hit): the client's if sane, else a new one.
@@ -246,6 +288,16 @@ mod tests {
             assert!(!h.contains_key(gone), "{gone} kept");
         }
         assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn ip_values_match_display() {
+        for ip in
+            ["0.0.0.0", "10.0.0.7", "127.0.0.1", "192.168.100.255", "1.20.255.9", "::1", "2001:db8::8a2e:370:7334"]
+        {
+            let ip: IpAddr = ip.parse().expect("test ip");
+            assert_eq!(ip_value(ip), ip.to_string().as_str());
+        }
     }
 
     #[test]
