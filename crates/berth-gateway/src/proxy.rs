@@ -27,7 +27,7 @@ use crate::headers::{self, Forwarding, X_REQUEST_ID};
 use crate::metrics::RetryReason;
 use crate::ratelimit;
 use crate::table::{RouteEntry, ServiceEntry, Sticky};
-use crate::upstream::{SendError, UpstreamClient};
+use crate::upstream::{SendError, UpstreamBody, UpstreamClient};
 
 /// How long an attempt runs before it also listens for its endpoint's ejection (well below the stall
 /// threshold, so a stalled endpoint's requests still move on at once).
@@ -38,7 +38,7 @@ const EJECTION_WATCH_AFTER: std::time::Duration = std::time::Duration::from_mill
 pub(crate) type ClientBody = Either<Incoming, UnsyncBoxBody<Bytes, std::io::Error>>;
 pub(crate) type ReqBody = Either<Full<Bytes>, Limited<ClientBody>>;
 /// A replica's body as it comes (or, from the cache, what was read of it then the rest), or one in memory.
-pub(crate) type ResBody = Either<Either<Incoming, crate::cache::Spliced>, Full<Bytes>>;
+pub(crate) type ResBody = Either<Either<UpstreamBody, crate::cache::Spliced>, Full<Bytes>>;
 
 /// What a listener adds to the request path: the scheme clients used, and what it tells them.
 #[derive(Debug, Clone, Default)]
@@ -153,7 +153,7 @@ fn redirect_response(location: HeaderValue) -> Response<ResBody> {
 }
 
 enum Attempted {
-    Response(Response<Incoming>),
+    Response(Response<UpstreamBody>),
     NeverSent(String),
     Failed(String),
     Ejected,
@@ -291,7 +291,7 @@ async fn attempt_all(
         let watch_ejection = idempotent && replayable;
         let send = client.send(endpoint.addr, &endpoint.authority, service.protocol, upstream_req);
         tokio::pin!(send);
-        let classify = |res: Result<Response<Incoming>, SendError>| match res {
+        let classify = |res: Result<Response<UpstreamBody>, SendError>| match res {
             Ok(res) => Attempted::Response(res),
             Err(SendError::NeverSent(detail)) => Attempted::NeverSent(detail),
             Err(SendError::Failed(detail)) => Attempted::Failed(detail),
@@ -407,24 +407,34 @@ async fn prepare_body(
 }
 
 fn respond(
-    mut res: Response<Incoming>,
+    res: Response<UpstreamBody>,
     request_id: HeaderValue,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Response<ResBody> {
     let switching = res.status() == StatusCode::SWITCHING_PROTOCOLS;
-    if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
-        let upstream_upgrade = hyper::upgrade::on(&mut res);
-        tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
-    }
-    headers::rewrite_response(res.headers_mut(), switching);
-    res.headers_mut().insert(X_REQUEST_ID, request_id);
-    res.map(|body| Either::Left(Either::Left(body)))
+    let (mut parts, body) = res.into_parts();
+    let body = match (switching, client_upgrade) {
+        (true, Some(client_upgrade)) => {
+            if let Some(upstream) = body.into_upgraded() {
+                tokio::spawn(tunnel(client_upgrade, upstream));
+            }
+            Either::Right(Full::default())
+        }
+        _ => Either::Left(Either::Left(body)),
+    };
+    headers::rewrite_response(&mut parts.headers, switching);
+    parts.headers.insert(X_REQUEST_ID, request_id);
+    Response::from_parts(parts, body)
 }
 
-/// Copies bytes both ways between an upgraded client connection and the replica (WebSocket and the like).
-async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
-    let (Ok(client), Ok(upstream)) = tokio::join!(client, upstream) else { return };
+/// Copies bytes both ways between an upgraded client connection and the replica (WebSocket and the like),
+/// starting with what the replica sent right after its `101`.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, (mut upstream, early): (tokio::net::TcpStream, Bytes)) {
+    use tokio::io::AsyncWriteExt;
+    let Ok(client) = client.await else { return };
     let mut client = hyper_util::rt::TokioIo::new(client);
-    let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+    if !early.is_empty() && client.write_all(&early).await.is_err() {
+        return;
+    }
     let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
 }

@@ -1,23 +1,29 @@
 //! Connections to replicas: a pool per gateway worker (and one for HTTP/3), keyed by replica address.
 //!
-//! HTTP/1.1: idle connections wait in a stack per replica, the most recently used on top; one is taken
-//! per request and comes back once hyper says it can carry the next one (its response body read). A
-//! connection idle longer than `idle_timeout` is never used again: it should be below the replicas' own
-//! idle timeout, so that the gateway, not the replica, closes idle connections and a request is never
-//! written on a connection the replica is closing. h2c: one shared connection per replica.
+//! HTTP/1.1 (`h1.rs`): idle connections wait in a stack per replica, the most recently used on top; one is
+//! taken per request and comes back when its response body has been read to the end. A connection idle
+//! longer than `idle_timeout` is never used again: it should be below the replicas' own idle timeout, so
+//! that the gateway, not the replica, closes idle connections and a request is never written on a
+//! connection the replica is closing. h2c (hyper's client): one shared connection per replica.
 //!
-//! A request that hyper hands back unsent (the pooled connection had closed) goes on a fresh connection;
-//! a failed connect, or a fresh connection that closes before the request is written, is `NeverSent`,
+//! A request that could not be written on a pooled connection (it had closed) goes on the next one, then a
+//! fresh one; a failed connect, or a fresh connection that takes no byte of the request, is `NeverSent`,
 //! which the request path may retry on another replica whatever the method.
+
+mod h1;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::{Request, Response, Version};
+use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::{TrySendError, http1, http2};
+use hyper::client::conn::{TrySendError, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tracing::debug;
@@ -38,20 +44,63 @@ pub(crate) enum SendError {
     Failed(String),
 }
 
+/// A replica's response body, over either protocol.
+pub(crate) enum UpstreamBody {
+    Http1(h1::Body),
+    H2c(Incoming),
+}
+
+impl UpstreamBody {
+    /// The replica's side of a `101 Switching Protocols` (HTTP/1.1): its connection and what it already
+    /// sent past the head.
+    pub(crate) fn into_upgraded(self) -> Option<(TcpStream, Bytes)> {
+        match self {
+            UpstreamBody::Http1(body) => body.into_upgraded(),
+            UpstreamBody::H2c(_) => None,
+        }
+    }
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<std::io::Result<Frame<Bytes>>>> {
+        match self.get_mut() {
+            UpstreamBody::Http1(body) => Pin::new(body).poll_frame(cx),
+            UpstreamBody::H2c(body) => Pin::new(body).poll_frame(cx).map_err(std::io::Error::other),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Http1(body) => body.is_end_stream(),
+            UpstreamBody::H2c(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Http1(body) => body.size_hint(),
+            UpstreamBody::H2c(body) => body.size_hint(),
+        }
+    }
+}
+
 /// A worker's upstream connections. Cheap to clone; clones share the pool.
 #[derive(Clone)]
 pub(crate) struct UpstreamClient {
     pool: Arc<Pool>,
 }
 
-struct Pool {
+pub(crate) struct Pool {
     idle_timeout: Duration,
     http1: Mutex<HashMap<SocketAddr, VecDeque<Idle>>>,
     h2c: Mutex<HashMap<SocketAddr, http2::SendRequest<ReqBody>>>,
 }
 
 struct Idle {
-    sender: http1::SendRequest<ReqBody>,
+    conn: Box<h1::Conn>,
     since: Instant,
 }
 
@@ -78,32 +127,30 @@ impl UpstreamClient {
         authority: &http::uri::Authority,
         protocol: UpstreamProtocol,
         req: Request<ReqBody>,
-    ) -> Result<Response<Incoming>, SendError> {
+    ) -> Result<Response<UpstreamBody>, SendError> {
         match protocol {
-            UpstreamProtocol::Http1 => self.send_http1(addr, req).await,
-            UpstreamProtocol::H2c => self.send_h2c(addr, authority, req).await,
+            UpstreamProtocol::Http1 => self.send_http1(addr, req).await.map(|res| res.map(UpstreamBody::Http1)),
+            UpstreamProtocol::H2c => self.send_h2c(addr, authority, req).await.map(|res| res.map(UpstreamBody::H2c)),
         }
     }
 
-    async fn send_http1(&self, addr: SocketAddr, mut req: Request<ReqBody>) -> Result<Response<Incoming>, SendError> {
-        *req.version_mut() = Version::HTTP_11;
-        while let Some(mut sender) = self.pool.checkout(addr) {
-            match sender.try_send_request(req).await {
-                Ok(res) => {
-                    self.pool.recycle(addr, sender);
-                    return Ok(res);
-                }
-                Err(mut error) => match error.take_message() {
-                    // The connection closed before the request was written: try the next one.
-                    Some(unsent) => req = unsent,
-                    None => return Err(SendError::Failed(error_chain(error.error()))),
-                },
+    async fn send_http1(&self, addr: SocketAddr, req: Request<ReqBody>) -> Result<Response<h1::Body>, SendError> {
+        let pool = Arc::downgrade(&self.pool);
+        let mut out = h1::Outgoing::new(req);
+        let failed = |error| SendError::Failed(format!("HTTP/1.1 to {addr}: {error}"));
+        while let Some(conn) = self.pool.checkout(addr) {
+            match conn.exchange(&mut out).await {
+                Ok(res) => return Ok(res),
+                // The connection had closed before taking a byte: try the next one.
+                Err(h1::Failure::Unsent(_)) => {}
+                Err(h1::Failure::Sent(error)) => return Err(failed(error)),
             }
         }
-        let mut sender = connect_http1(addr).await?;
-        let res = sender.try_send_request(req).await.map_err(fresh_failure)?;
-        self.pool.recycle(addr, sender);
-        Ok(res)
+        let conn = h1::Conn::new(connect(addr).await?, addr, pool);
+        conn.exchange(&mut out).await.map_err(|failure| match failure {
+            h1::Failure::Unsent(error) => SendError::NeverSent(format!("HTTP/1.1 to {addr}: {error}")),
+            h1::Failure::Sent(error) => failed(error),
+        })
     }
 
     async fn send_h2c(
@@ -137,37 +184,30 @@ impl UpstreamClient {
 
 impl Pool {
     /// The most recently used idle connection to `addr` that can still carry a request.
-    fn checkout(&self, addr: SocketAddr) -> Option<http1::SendRequest<ReqBody>> {
+    fn checkout(&self, addr: SocketAddr) -> Option<Box<h1::Conn>> {
         let mut idle = lock(&self.http1);
         let stack = idle.get_mut(&addr)?;
         let fresh_after = Instant::now().checked_sub(self.idle_timeout);
-        while let Some(conn) = stack.pop_back() {
-            if conn.expired(fresh_after) {
+        while let Some(idle) = stack.pop_back() {
+            if idle.expired(fresh_after) {
                 // Everything below is older still.
                 stack.clear();
                 break;
             }
-            if conn.sender.is_ready() {
-                return Some(conn.sender);
+            if idle.conn.is_usable() {
+                return Some(idle.conn);
             }
         }
         None
     }
 
-    /// Puts `sender` back once its connection can carry the next request (the response body is read).
-    fn recycle(self: &Arc<Self>, addr: SocketAddr, mut sender: http1::SendRequest<ReqBody>) {
-        let pool = Arc::downgrade(self);
-        tokio::spawn(async move {
-            if sender.ready().await.is_err() {
-                return;
-            }
-            let Some(pool) = pool.upgrade() else { return };
-            let mut idle = lock(&pool.http1);
-            let stack = idle.entry(addr).or_default();
-            if stack.len() < MAX_IDLE_PER_REPLICA {
-                stack.push_back(Idle { sender, since: Instant::now() });
-            }
-        });
+    /// Takes back a connection whose response has been read whole.
+    pub(crate) fn checkin(&self, conn: Box<h1::Conn>) {
+        let mut idle = lock(&self.http1);
+        let stack = idle.entry(conn.addr()).or_default();
+        if stack.len() < MAX_IDLE_PER_REPLICA {
+            stack.push_back(Idle { conn, since: Instant::now() });
+        }
     }
 
     /// Closes connections idle too long (and forgets closed ones), so that replicas that are gone or quiet
@@ -175,7 +215,7 @@ impl Pool {
     fn expire(&self) {
         let fresh_after = Instant::now().checked_sub(self.idle_timeout);
         lock(&self.http1).retain(|_, stack| {
-            stack.retain(|conn| !conn.sender.is_closed() && !conn.expired(fresh_after));
+            stack.retain(|idle| idle.conn.is_usable() && !idle.expired(fresh_after));
             !stack.is_empty()
         });
         lock(&self.h2c).retain(|_, sender| !sender.is_closed());
@@ -197,7 +237,7 @@ async fn sweep(pool: Weak<Pool>) {
     }
 }
 
-async fn connect(addr: SocketAddr) -> Result<TokioIo<TcpStream>, SendError> {
+async fn connect(addr: SocketAddr) -> Result<TcpStream, SendError> {
     let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(error)) => return Err(SendError::NeverSent(format!("connect to {addr}: {error}"))),
@@ -206,25 +246,11 @@ async fn connect(addr: SocketAddr) -> Result<TokioIo<TcpStream>, SendError> {
         }
     };
     let _ = stream.set_nodelay(true);
-    Ok(TokioIo::new(stream))
-}
-
-async fn connect_http1(addr: SocketAddr) -> Result<http1::SendRequest<ReqBody>, SendError> {
-    let io = connect(addr).await?;
-    let (sender, conn) = http1::Builder::new()
-        .handshake(io)
-        .await
-        .map_err(|error| SendError::NeverSent(format!("HTTP/1.1 to {addr}: {}", error_chain(&error))))?;
-    tokio::spawn(async move {
-        if let Err(error) = conn.with_upgrades().await {
-            debug!(%addr, error = %error_chain(&error), "upstream connection ended with an error");
-        }
-    });
-    Ok(sender)
+    Ok(stream)
 }
 
 async fn connect_h2c(addr: SocketAddr) -> Result<http2::SendRequest<ReqBody>, SendError> {
-    let io = connect(addr).await?;
+    let io = TokioIo::new(connect(addr).await?);
     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .handshake(io)

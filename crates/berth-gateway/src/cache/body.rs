@@ -10,7 +10,8 @@ use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
+
+use crate::upstream::UpstreamBody;
 
 /// What reading a body into memory gave.
 pub(crate) enum Buffered {
@@ -23,12 +24,12 @@ pub(crate) enum Buffered {
 /// A body that was partly read: the bytes read so far, then the rest of the replica's stream, then trailers.
 pub(crate) struct Spliced {
     prefix: Option<Bytes>,
-    rest: Option<Incoming>,
+    rest: Option<UpstreamBody>,
     trailers: Option<HeaderMap>,
 }
 
 /// Reads `body` until it ends, passes `limit` bytes, or `deadline` passes.
-pub(crate) async fn buffer(mut body: Incoming, limit: usize, deadline: Instant) -> Result<Buffered, hyper::Error> {
+pub(crate) async fn buffer(mut body: UpstreamBody, limit: usize, deadline: Instant) -> std::io::Result<Buffered> {
     if body.size_hint().lower() > limit as u64 {
         return Ok(Buffered::Partial(Spliced { prefix: None, rest: Some(body), trailers: None }));
     }
@@ -63,9 +64,9 @@ pub(crate) async fn buffer(mut body: Incoming, limit: usize, deadline: Instant) 
 
 impl Body for Spliced {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = std::io::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<std::io::Result<Frame<Bytes>>>> {
         let this = &mut *self;
         if let Some(prefix) = this.prefix.take().filter(|prefix| !prefix.is_empty()) {
             return Poll::Ready(Some(Ok(Frame::data(prefix))));
@@ -81,13 +82,13 @@ impl Body for Spliced {
 
     fn is_end_stream(&self) -> bool {
         self.prefix.as_ref().is_none_or(Bytes::is_empty)
-            && self.rest.as_ref().is_none_or(Incoming::is_end_stream)
+            && self.rest.as_ref().is_none_or(UpstreamBody::is_end_stream)
             && self.trailers.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
         let prefix = self.prefix.as_ref().map_or(0, |prefix| prefix.len() as u64);
-        let rest = self.rest.as_ref().map_or_else(|| SizeHint::with_exact(0), Incoming::size_hint);
+        let rest = self.rest.as_ref().map_or_else(|| SizeHint::with_exact(0), UpstreamBody::size_hint);
         let mut res = SizeHint::new();
         res.set_lower(rest.lower() + prefix);
         if let Some(upper) = rest.upper() {
