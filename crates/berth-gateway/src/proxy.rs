@@ -259,8 +259,10 @@ async fn attempt_all(
     let replayable = matches!(body, RequestBody::Buffered(_));
     service.budget.deposit();
 
+    // Replicas get the origin form (`/path?query`), whatever form the client used.
     let path_and_query =
         parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    parts.uri = http::Uri::from(path_and_query);
     let mut tried: Vec<Arc<EndpointState>> = Vec::new();
     let mut last_error = match groups {
         Groups::Shared | Groups::Prefer(_) => ProxyError::NoUpstream { service: service.name.clone() },
@@ -279,17 +281,13 @@ async fn attempt_all(
                 None => return Err(last_error),
             },
         };
-        let mut upstream_req = Request::new(attempt_body);
-        *upstream_req.method_mut() = parts.method.clone();
-        *upstream_req.uri_mut() = http::Uri::from(path_and_query.clone());
-        *upstream_req.headers_mut() = parts.headers.clone();
 
         let attempt = endpoint.begin();
         *last_endpoint = Some(endpoint.clone());
         let remaining = deadline - now;
         let per_try = route.per_try_timeout.map_or(remaining, |t| t.min(remaining));
         let watch_ejection = idempotent && replayable;
-        let send = client.send(endpoint.addr, &endpoint.authority, service.protocol, upstream_req);
+        let send = client.send(endpoint.addr, &endpoint.authority, service.protocol, &parts, attempt_body);
         tokio::pin!(send);
         let classify = |res: Result<Response<UpstreamBody>, SendError>| match res {
             Ok(res) => Attempted::Response(res),

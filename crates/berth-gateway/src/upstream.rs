@@ -120,23 +120,32 @@ impl UpstreamClient {
         UpstreamClient { pool }
     }
 
-    /// Sends `req` (origin-form URI, `Host` header set) to the replica at `addr`.
+    /// Sends a request to the replica at `addr`: `head` has an origin-form URI and the `Host` header, and
+    /// stays with the caller (a retry sends it again).
     pub(crate) async fn send(
         &self,
         addr: SocketAddr,
         authority: &http::uri::Authority,
         protocol: UpstreamProtocol,
-        req: Request<ReqBody>,
+        head: &http::request::Parts,
+        body: ReqBody,
     ) -> Result<Response<UpstreamBody>, SendError> {
         match protocol {
-            UpstreamProtocol::Http1 => self.send_http1(addr, req).await.map(|res| res.map(UpstreamBody::Http1)),
-            UpstreamProtocol::H2c => self.send_h2c(addr, authority, req).await.map(|res| res.map(UpstreamBody::H2c)),
+            UpstreamProtocol::Http1 => {
+                self.send_http1(addr, h1::Outgoing::new(head, body)).await.map(|res| res.map(UpstreamBody::Http1))
+            }
+            UpstreamProtocol::H2c => {
+                let mut req = Request::new(body);
+                *req.method_mut() = head.method.clone();
+                *req.uri_mut() = head.uri.clone();
+                *req.headers_mut() = head.headers.clone();
+                self.send_h2c(addr, authority, req).await.map(|res| res.map(UpstreamBody::H2c))
+            }
         }
     }
 
-    async fn send_http1(&self, addr: SocketAddr, req: Request<ReqBody>) -> Result<Response<h1::Body>, SendError> {
+    async fn send_http1(&self, addr: SocketAddr, mut out: h1::Outgoing) -> Result<Response<h1::Body>, SendError> {
         let pool = Arc::downgrade(&self.pool);
-        let mut out = h1::Outgoing::new(req);
         let failed = |error| SendError::Failed(format!("HTTP/1.1 to {addr}: {error}"));
         while let Some(conn) = self.pool.checkout(addr) {
             match conn.exchange(&mut out).await {
@@ -339,7 +348,8 @@ mod tests {
             .header(http::header::HOST, addr.to_string())
             .body(Either::Left(Full::new(Bytes::new())))
             .expect("request");
-        let res = client.send(addr, &authority, UpstreamProtocol::Http1, req).await.expect("response");
+        let (head, body) = req.into_parts();
+        let res = client.send(addr, &authority, UpstreamProtocol::Http1, &head, body).await.expect("response");
         assert_eq!(res.status(), http::StatusCode::OK);
         res.into_body().collect().await.expect("body").to_bytes()
     }
@@ -380,7 +390,8 @@ mod tests {
         let client = UpstreamClient::new(Duration::from_secs(30));
         let authority: http::uri::Authority = addr.to_string().parse().expect("authority");
         let req = Request::builder().uri("/").body(Either::Left(Full::new(Bytes::new()))).expect("request");
-        match client.send(addr, &authority, UpstreamProtocol::Http1, req).await {
+        let (head, body) = req.into_parts();
+        match client.send(addr, &authority, UpstreamProtocol::Http1, &head, body).await {
             Err(SendError::NeverSent(detail)) => assert!(detail.contains(&addr.to_string()), "{detail}"),
             Err(SendError::Failed(detail)) => panic!("a refused connect must be NeverSent, got Failed: {detail}"),
             Ok(res) => panic!("nothing listens, yet got {}", res.status()),

@@ -16,7 +16,7 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Version};
+use http::{Method, Response, StatusCode, Version};
 use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -273,8 +273,7 @@ pub(crate) struct Outgoing {
 impl Outgoing {
     /// `req` as HTTP/1.1: origin-form target, its fields (`Host` included) in order, and framing of the
     /// gateway's own (`Content-Length` for a known size, else chunked).
-    pub(crate) fn new(req: Request<ReqBody>) -> Outgoing {
-        let (parts, body) = req.into_parts();
+    pub(crate) fn new(parts: &http::request::Parts, body: ReqBody) -> Outgoing {
         let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
         let declared =
             parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
@@ -574,6 +573,8 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
+    use http::Request;
+
     use super::*;
     use crate::upstream::{UpstreamBody, UpstreamClient};
 
@@ -622,7 +623,8 @@ mod tests {
 
     async fn send(client: &UpstreamClient, addr: SocketAddr, req: Request<ReqBody>) -> Response<UpstreamBody> {
         let authority: http::uri::Authority = addr.to_string().parse().expect("authority");
-        let send = client.send(addr, &authority, crate::table::UpstreamProtocol::Http1, req);
+        let (head, body) = req.into_parts();
+        let send = client.send(addr, &authority, crate::table::UpstreamProtocol::Http1, &head, body);
         match tokio::time::timeout(Duration::from_secs(5), send).await.expect("answer in time") {
             Ok(res) => res,
             Err(error) => panic!("send failed: {error:?}"),
@@ -691,8 +693,8 @@ mod tests {
             let (addr, _heads) = scripted(script, false).await;
             let client = UpstreamClient::new(Duration::from_secs(30));
             let authority: http::uri::Authority = addr.to_string().parse().expect("authority");
-            let res =
-                client.send(addr, &authority, crate::table::UpstreamProtocol::Http1, request(Method::GET, "")).await;
+            let (head, body) = request(Method::GET, "").into_parts();
+            let res = client.send(addr, &authority, crate::table::UpstreamProtocol::Http1, &head, body).await;
             assert!(matches!(res, Err(crate::upstream::SendError::Failed(_))), "{}", String::from_utf8_lossy(script));
         }
     }
