@@ -184,18 +184,20 @@ impl Conn {
         let status = status.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad response status"))?;
         let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
         let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+        let mut framing = FramingFields::default();
         for field in parsed.headers.iter() {
             let name = HeaderName::from_bytes(field.name.as_bytes());
             let value = HeaderValue::from_maybe_shared(read.slice_ref(field.value));
             match (name, value) {
                 (Ok(name), Ok(value)) => {
+                    framing.see(&name, field.value);
                     headers.append(name, value);
                 }
                 _ => return Err(io::Error::new(io::ErrorKind::InvalidData, "bad response header field")),
             }
         }
         self.buf.extend_from_slice(&read[len..]);
-        Ok(Some(Head { status, version, headers }))
+        Ok(Some(Head { status, version, headers, framing }))
     }
 }
 
@@ -203,6 +205,7 @@ struct Head {
     status: StatusCode,
     version: Version,
     headers: HeaderMap,
+    framing: FramingFields,
 }
 
 enum Framing {
@@ -210,51 +213,73 @@ enum Framing {
     Upgrade,
 }
 
+/// What the framing fields of a response head say, gathered while the head is parsed (one pass over its
+/// fields, no lookups).
+#[derive(Default)]
+struct FramingFields {
+    connection_close: bool,
+    connection_keep_alive: bool,
+    /// `Some(last coding is chunked)` when there is a `Transfer-Encoding`.
+    transfer_encoding: Option<bool>,
+    /// `Some(Ok(length))` when every `Content-Length` value agrees.
+    content_length: Option<Result<u64, ()>>,
+}
+
+impl FramingFields {
+    fn see(&mut self, name: &HeaderName, value: &[u8]) {
+        let tokens = || value.split(|&b| b == b',').map(<[u8]>::trim_ascii);
+        if name == header::CONNECTION {
+            self.connection_close |= tokens().any(|token| token.eq_ignore_ascii_case(b"close"));
+            self.connection_keep_alive |= tokens().any(|token| token.eq_ignore_ascii_case(b"keep-alive"));
+        } else if name == header::TRANSFER_ENCODING {
+            self.transfer_encoding =
+                Some(tokens().next_back().is_some_and(|last| last.eq_ignore_ascii_case(b"chunked")));
+        } else if name == header::CONTENT_LENGTH {
+            for token in tokens() {
+                let length = match std::str::from_utf8(token) {
+                    Ok(digits) if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) => {
+                        digits.parse().ok()
+                    }
+                    _ => None,
+                };
+                self.content_length = match (self.content_length, length) {
+                    (None, Some(length)) => Some(Ok(length)),
+                    (Some(Ok(seen)), Some(length)) if seen == length => Some(Ok(length)),
+                    _ => Some(Err(())),
+                };
+            }
+        }
+    }
+}
+
 /// How the body of `head` is delimited, and whether the connection can carry another request after it.
 /// Drops a `Content-Length` that a `Transfer-Encoding` overrides, so the client never sees both.
 fn framing(head: &mut Head, head_request: bool) -> io::Result<Framing> {
-    let headers = &head.headers;
     let status = head.status.as_u16();
     if status == 101 {
         return Ok(Framing::Upgrade);
     }
-    let tokens = |name| {
-        headers
-            .get_all(name)
-            .into_iter()
-            .filter_map(|value: &HeaderValue| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .map(str::trim)
-    };
+    let fields = &head.framing;
     let mut keep_alive = match head.version {
-        Version::HTTP_10 => tokens(header::CONNECTION).any(|token| token.eq_ignore_ascii_case("keep-alive")),
-        _ => !tokens(header::CONNECTION).any(|token| token.eq_ignore_ascii_case("close")),
+        Version::HTTP_10 => fields.connection_keep_alive,
+        _ => !fields.connection_close,
     };
     if head_request || status == 204 || status == 304 {
         return Ok(Framing::Body { kind: State::Length(0), keep_alive });
     }
-    let kind = if headers.contains_key(header::TRANSFER_ENCODING) {
-        let chunked =
-            tokens(header::TRANSFER_ENCODING).next_back().is_some_and(|last| last.eq_ignore_ascii_case("chunked"));
-        let kind = if chunked { State::Chunked(Chunked::Size) } else { State::UntilClose };
-        if head.headers.remove(header::CONTENT_LENGTH).is_some() {
-            keep_alive = false;
-        }
-        kind
-    } else if headers.contains_key(header::CONTENT_LENGTH) {
-        let mut lengths = tokens(header::CONTENT_LENGTH).map(|value| {
-            if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
+    let kind = match (fields.transfer_encoding, fields.content_length) {
+        (Some(chunked), length) => {
+            if length.is_some() {
+                head.headers.remove(header::CONTENT_LENGTH);
+                keep_alive = false;
             }
-            value.parse::<u64>().ok()
-        });
-        let first = lengths.next().flatten();
-        match first {
-            Some(length) if lengths.all(|other| other == Some(length)) => State::Length(length),
-            _ => return Err(io::Error::new(io::ErrorKind::InvalidData, "bad Content-Length in the response")),
+            if chunked { State::Chunked(Chunked::Size) } else { State::UntilClose }
         }
-    } else {
-        State::UntilClose
+        (None, Some(Ok(length))) => State::Length(length),
+        (None, Some(Err(()))) => {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "bad Content-Length in the response"));
+        }
+        (None, None) => State::UntilClose,
     };
     if matches!(kind, State::UntilClose) {
         keep_alive = false;
