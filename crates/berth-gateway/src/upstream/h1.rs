@@ -646,14 +646,27 @@ mod tests {
             .expect("request")
     }
 
-    async fn send(client: &UpstreamClient, addr: SocketAddr, req: Request<ReqBody>) -> Response<UpstreamBody> {
+    async fn try_send(
+        client: &UpstreamClient,
+        addr: SocketAddr,
+        req: Request<ReqBody>,
+    ) -> Result<Response<UpstreamBody>, crate::upstream::SendError> {
         let authority: http::uri::Authority = addr.to_string().parse().expect("authority");
         let (head, body) = req.into_parts();
         let send = client.send(addr, &authority, crate::table::UpstreamProtocol::Http1, &head, body);
-        match tokio::time::timeout(Duration::from_secs(5), send).await.expect("answer in time") {
-            Ok(res) => res,
-            Err(error) => panic!("send failed: {error:?}"),
-        }
+        tokio::time::timeout(Duration::from_secs(5), send).await.expect("answer in time")
+    }
+
+    async fn send(client: &UpstreamClient, addr: SocketAddr, req: Request<ReqBody>) -> Response<UpstreamBody> {
+        try_send(client, addr, req).await.unwrap_or_else(|error| panic!("send failed: {error:?}"))
+    }
+
+    /// A GET answered by a fresh scripted replica.
+    async fn get(script: &'static [u8], close: bool) -> (UpstreamClient, SocketAddr, Response<UpstreamBody>) {
+        let (addr, _heads) = scripted(script, close).await;
+        let client = UpstreamClient::new(Duration::from_secs(30));
+        let res = send(&client, addr, request(Method::GET, "")).await;
+        (client, addr, res)
     }
 
     fn idle(client: &UpstreamClient, addr: SocketAddr) -> usize {
@@ -689,9 +702,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_until_close_is_read_whole_and_the_connection_is_not_kept() {
-        let (addr, _heads) = scripted(b"HTTP/1.1 200 OK\r\n\r\nuntil the end", true).await;
-        let client = UpstreamClient::new(Duration::from_secs(30));
-        let res = send(&client, addr, request(Method::GET, "")).await;
+        let (client, addr, res) = get(b"HTTP/1.1 200 OK\r\n\r\nuntil the end", true).await;
         assert_eq!(res.into_body().collect().await.expect("body").to_bytes(), "until the end");
         assert_eq!(idle(&client, addr), 0);
     }
@@ -699,9 +710,7 @@ mod tests {
     #[tokio::test]
     async fn both_framing_headers_mean_chunked_and_no_reuse() {
         let script = b"HTTP/1.1 200 OK\r\ncontent-length: 99\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n";
-        let (addr, _heads) = scripted(script, false).await;
-        let client = UpstreamClient::new(Duration::from_secs(30));
-        let res = send(&client, addr, request(Method::GET, "")).await;
+        let (client, addr, res) = get(script, false).await;
         assert!(!res.headers().contains_key(header::CONTENT_LENGTH), "the overridden length must not reach the client");
         assert_eq!(res.into_body().collect().await.expect("body").to_bytes(), "ok");
         assert_eq!(idle(&client, addr), 0);
@@ -717,18 +726,14 @@ mod tests {
             let script: &'static [u8] = Box::leak(script.to_vec().into_boxed_slice());
             let (addr, _heads) = scripted(script, false).await;
             let client = UpstreamClient::new(Duration::from_secs(30));
-            let authority: http::uri::Authority = addr.to_string().parse().expect("authority");
-            let (head, body) = request(Method::GET, "").into_parts();
-            let res = client.send(addr, &authority, crate::table::UpstreamProtocol::Http1, &head, body).await;
+            let res = try_send(&client, addr, request(Method::GET, "")).await;
             assert!(matches!(res, Err(crate::upstream::SendError::Failed(_))), "{}", String::from_utf8_lossy(script));
         }
     }
 
     #[tokio::test]
     async fn a_broken_chunked_body_fails_the_stream() {
-        let (addr, _heads) = scripted(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n", false).await;
-        let client = UpstreamClient::new(Duration::from_secs(30));
-        let res = send(&client, addr, request(Method::GET, "")).await;
+        let (client, addr, res) = get(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n", false).await;
         assert!(res.into_body().collect().await.is_err());
         assert_eq!(idle(&client, addr), 0);
     }
@@ -736,9 +741,7 @@ mod tests {
     #[tokio::test]
     async fn an_upgrade_hands_over_the_connection_with_what_followed_the_head() {
         let script = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\nearly";
-        let (addr, _heads) = scripted(script, false).await;
-        let client = UpstreamClient::new(Duration::from_secs(30));
-        let res = send(&client, addr, request(Method::GET, "")).await;
+        let (_client, _addr, res) = get(script, false).await;
         assert_eq!(res.status(), StatusCode::SWITCHING_PROTOCOLS);
         let (_stream, early) = res.into_body().into_upgraded().expect("the connection");
         assert_eq!(early, "early");
