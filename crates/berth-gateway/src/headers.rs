@@ -23,49 +23,111 @@ pub(crate) struct Forwarding<'a> {
     pub(crate) source: &'a HeaderValue,
 }
 
-/// Rewrites a request's headers for the upstream. Returns the request id (kept or new) to echo back.
-pub(crate) fn rewrite_request(headers: &mut HeaderMap, forwarding: &Forwarding<'_>, upgrade: bool) -> HeaderValue {
+/// The fields the gateway adds to a request on its way to a replica. They stay out of the request's map:
+/// the HTTP/1.1 encoder writes them straight after the client's fields (`upstream/h1.rs`), h2c puts them
+/// into its copy of the map (`insert_into`).
+pub(crate) struct Added {
+    forwarded_for: Option<HeaderValue>,
+    proto: HeaderValue,
+    forwarded_host: Option<HeaderValue>,
+    source: HeaderValue,
+    /// Only when the client sent none (or a bad one); a good one stays in the map.
+    request_id: Option<HeaderValue>,
+    traceparent: Option<HeaderValue>,
+}
+
+impl Added {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (HeaderName, &HeaderValue)> {
+        [
+            (X_FORWARDED_FOR, self.forwarded_for.as_ref()),
+            (X_FORWARDED_PROTO, Some(&self.proto)),
+            (X_FORWARDED_HOST, self.forwarded_host.as_ref()),
+            (X_SOURCE, Some(&self.source)),
+            (X_REQUEST_ID, self.request_id.as_ref()),
+            (TRACEPARENT, self.traceparent.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| Some((name, value?)))
+    }
+
+    pub(crate) fn insert_into(&self, headers: &mut HeaderMap) {
+        for (name, value) in self.iter() {
+            headers.insert(name, value.clone());
+        }
+    }
+}
+
+/// Rewrites a request's headers for the upstream: hop-by-hop fields and whatever a client may not set
+/// (`X-Forwarded-*`, `X-Source`, a bad `X-Request-Id` or `traceparent`) leave the map, and what the gateway
+/// sets instead comes back as `Added`, with the request id (kept or new) to echo to the client.
+pub(crate) fn rewrite_request(
+    headers: &mut HeaderMap,
+    forwarding: &Forwarding<'_>,
+    upgrade: bool,
+) -> (HeaderValue, Added) {
     let te_trailers = headers.get(header::TE).is_some_and(|te| te.to_str().is_ok_and(|te| te.contains("trailers")));
     remove_hop_by_hop(headers, upgrade);
-    // Room for what is added below, so the map grows once at most.
-    headers.reserve(7);
     if te_trailers {
         // gRPC needs `TE: trailers` end to end; it is the one TE value that may pass.
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
-
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) => HeaderValue::try_from(format!("{prior}, {}", forwarding.client_ip)).ok(),
+    // One pass over the names says which of the gateway's own fields the client sent (usually none).
+    let (mut prior_xff, mut xfp, mut xfh, mut source, mut request_id, mut traceparent) =
+        (false, false, false, false, false, false);
+    for name in headers.keys() {
+        prior_xff |= name == X_FORWARDED_FOR;
+        xfp |= name == X_FORWARDED_PROTO;
+        xfh |= name == X_FORWARDED_HOST;
+        source |= name == X_SOURCE;
+        request_id |= name == X_REQUEST_ID;
+        traceparent |= name == TRACEPARENT;
+    }
+    let forwarded_for = match prior_xff.then(|| headers.remove(&X_FORWARDED_FOR)).flatten() {
+        Some(prior) => match prior.to_str() {
+            Ok(prior) => HeaderValue::try_from(format!("{prior}, {}", forwarding.client_ip)).ok(),
+            Err(_) => Some(ip_value(forwarding.client_ip)),
+        },
         None => Some(ip_value(forwarding.client_ip)),
     };
-    if let Some(value) = xff {
-        headers.insert(X_FORWARDED_FOR, value);
+    for (present, name) in [(xfp, X_FORWARDED_PROTO), (xfh, X_FORWARDED_HOST), (source, X_SOURCE)] {
+        if present {
+            headers.remove(name);
+        }
     }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(forwarding.proto));
-    if let Some(host) = headers.get(header::HOST).cloned() {
-        headers.insert(X_FORWARDED_HOST, host);
-    }
-    headers.insert(X_SOURCE, forwarding.source.clone());
-
-    let request_id = match headers.get(&X_REQUEST_ID) {
-        Some(id) if is_sane_id(id) => id.clone(),
-        _ => {
+    let kept_id = if request_id { headers.get(&X_REQUEST_ID).filter(|id| is_sane_id(id)).cloned() } else { None };
+    let (request_id, new_id) = match kept_id {
+        Some(id) => (id, None),
+        None => {
+            if request_id {
+                headers.remove(&X_REQUEST_ID);
+            }
             let id = new_request_id();
-            headers.insert(X_REQUEST_ID, id.clone());
-            id
+            (id.clone(), Some(id))
         }
     };
-    let trace_ok = headers.get(&TRACEPARENT).and_then(|v| v.to_str().ok()).is_some_and(is_valid_traceparent);
-    if !trace_ok {
-        // `00-<32 hex trace id>-<16 hex parent id>-01`
-        let mut traceparent = *b"00-00000000000000000000000000000000-0000000000000000-01";
-        fill_hex(&mut traceparent[3..35]);
-        fill_hex(&mut traceparent[36..52]);
-        if let Ok(value) = HeaderValue::from_bytes(&traceparent) {
-            headers.insert(TRACEPARENT, value);
+    let trace_ok =
+        traceparent && headers.get(&TRACEPARENT).and_then(|v| v.to_str().ok()).is_some_and(is_valid_traceparent);
+    let new_traceparent = if trace_ok {
+        None
+    } else {
+        if traceparent {
+            headers.remove(&TRACEPARENT);
         }
-    }
-    request_id
+        // `00-<32 hex trace id>-<16 hex parent id>-01`
+        let mut value = *b"00-00000000000000000000000000000000-0000000000000000-01";
+        fill_hex(&mut value[3..35]);
+        fill_hex(&mut value[36..52]);
+        HeaderValue::from_bytes(&value).ok()
+    };
+    let added = Added {
+        forwarded_for,
+        proto: HeaderValue::from_static(forwarding.proto),
+        forwarded_host: headers.get(header::HOST).cloned(),
+        source: forwarding.source.clone(),
+        request_id: new_id,
+        traceparent: new_traceparent,
+    };
+    (request_id, added)
 }
 
 /// `Alt-Svc` advertising HTTP/3 on `port` (of the same host) for a day.
@@ -241,6 +303,13 @@ mod tests {
         Forwarding { client_ip: [10, 0, 0, 7].into(), proto: "http", source: &EXTERNAL }
     }
 
+    /// `rewrite_request`, then the added fields put into the map, as a replica sees them.
+    fn rewrite(headers: &mut HeaderMap, upgrade: bool) -> HeaderValue {
+        let (id, added) = rewrite_request(headers, &forwarding(), upgrade);
+        added.insert_into(headers);
+        id
+    }
+
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (name, value) in pairs {
@@ -252,7 +321,7 @@ mod tests {
     #[test]
     fn forwarding_headers_are_added_and_source_cannot_be_forged() {
         let mut h = headers(&[("host", "web.example"), ("x-source", "billing"), ("x-forwarded-for", "1.2.3.4")]);
-        rewrite_request(&mut h, &forwarding(), false);
+        rewrite(&mut h, false);
         assert_eq!(h["x-source"], "external");
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.7");
         assert_eq!(h["x-forwarded-proto"], "http");
@@ -263,14 +332,14 @@ mod tests {
     fn request_id_and_traceparent_are_kept_when_valid_and_created_otherwise() {
         let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let mut kept = headers(&[("x-request-id", "abc-123"), ("traceparent", trace)]);
-        let id = rewrite_request(&mut kept, &forwarding(), false);
+        let id = rewrite(&mut kept, false);
         assert_eq!(id, "abc-123");
         assert_eq!(kept["traceparent"], trace);
         let mut made = headers(&[("traceparent", "garbage")]);
-        let id = rewrite_request(&mut made, &forwarding(), false);
+        let id = rewrite(&mut made, false);
         assert_eq!(id.len(), 32);
         assert!(is_valid_traceparent(made["traceparent"].to_str().expect("ascii")));
-        let other = rewrite_request(&mut HeaderMap::new(), &forwarding(), false);
+        let other = rewrite(&mut HeaderMap::new(), false);
         assert_ne!(id, other);
     }
 
@@ -283,7 +352,7 @@ mod tests {
             ("te", "trailers"),
             ("upgrade", "websocket"),
         ]);
-        rewrite_request(&mut h, &forwarding(), false);
+        rewrite(&mut h, false);
         for gone in ["connection", "x-secret", "keep-alive", "upgrade"] {
             assert!(!h.contains_key(gone), "{gone} kept");
         }
@@ -319,7 +388,7 @@ mod tests {
     fn upgrades_keep_their_headers() {
         let mut h = headers(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
         assert!(is_upgrade(&h));
-        rewrite_request(&mut h, &forwarding(), true);
+        rewrite(&mut h, true);
         assert_eq!(h["connection"], "upgrade");
         assert_eq!(h["upgrade"], "websocket");
     }

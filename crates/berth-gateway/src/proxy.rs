@@ -245,7 +245,7 @@ async fn attempt_all(
     let (mut parts, body) = req.into_parts();
     let idempotent = parts.method.is_idempotent();
     let forwarding = Forwarding { client_ip: peer.ip(), proto: ingress.proto, source: &shared.source };
-    let request_id = headers::rewrite_request(&mut parts.headers, &forwarding, upgrade);
+    let (request_id, added) = headers::rewrite_request(&mut parts.headers, &forwarding, upgrade);
     if !parts.headers.contains_key(header::HOST) {
         // HTTP/2 carries the host in the URI's authority; HTTP/1.1 upstreams need the header.
         if let Some(authority) = parts.uri.authority().and_then(|a| HeaderValue::try_from(a.as_str()).ok()) {
@@ -287,7 +287,7 @@ async fn attempt_all(
         let remaining = deadline - now;
         let per_try = route.per_try_timeout.map_or(remaining, |t| t.min(remaining));
         let watch_ejection = idempotent && replayable;
-        let send = client.send(endpoint.addr, &endpoint.authority, service.protocol, &parts, attempt_body);
+        let send = client.send(endpoint.addr, &endpoint.authority, service.protocol, (&parts, &added), attempt_body);
         tokio::pin!(send);
         let classify = |res: Result<Response<UpstreamBody>, SendError>| match res {
             Ok(res) => Attempted::Response(res),

@@ -28,6 +28,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tracing::debug;
 
+use crate::headers::Added;
 use crate::proxy::ReqBody;
 use crate::table::UpstreamProtocol;
 
@@ -120,25 +121,28 @@ impl UpstreamClient {
         UpstreamClient { pool }
     }
 
-    /// Sends a request to the replica at `addr`: `head` has an origin-form URI and the `Host` header, and
-    /// stays with the caller (a retry sends it again).
+    /// Sends a request to the replica at `addr`: `head` (an origin-form URI, the `Host` header, and the
+    /// fields the gateway adds) stays with the caller, so a retry sends it again.
     pub(crate) async fn send(
         &self,
         addr: SocketAddr,
         authority: &http::uri::Authority,
         protocol: UpstreamProtocol,
-        head: &http::request::Parts,
+        head: (&http::request::Parts, &Added),
         body: ReqBody,
     ) -> Result<Response<UpstreamBody>, SendError> {
+        let (head, added) = head;
         match protocol {
-            UpstreamProtocol::Http1 => {
-                self.send_http1(addr, h1::Outgoing::new(head, body)).await.map(|res| res.map(UpstreamBody::Http1))
-            }
+            UpstreamProtocol::Http1 => self
+                .send_http1(addr, h1::Outgoing::new(head, added, body))
+                .await
+                .map(|res| res.map(UpstreamBody::Http1)),
             UpstreamProtocol::H2c => {
                 let mut req = Request::new(body);
                 *req.method_mut() = head.method.clone();
                 *req.uri_mut() = head.uri.clone();
                 *req.headers_mut() = head.headers.clone();
+                added.insert_into(req.headers_mut());
                 self.send_h2c(addr, authority, req).await.map(|res| res.map(UpstreamBody::H2c))
             }
         }
@@ -341,6 +345,14 @@ mod tests {
         (addr, accepted, closed)
     }
 
+    /// What `rewrite_request` adds to a request with no fields of its own.
+    pub(crate) fn added() -> Added {
+        static EXTERNAL: http::HeaderValue = http::HeaderValue::from_static("external");
+        let forwarding =
+            crate::headers::Forwarding { client_ip: [127, 0, 0, 1].into(), proto: "http", source: &EXTERNAL };
+        crate::headers::rewrite_request(&mut http::HeaderMap::new(), &forwarding, false).1
+    }
+
     async fn get(client: &UpstreamClient, addr: SocketAddr) -> Bytes {
         let authority: http::uri::Authority = addr.to_string().parse().expect("authority");
         let req = Request::builder()
@@ -349,7 +361,8 @@ mod tests {
             .body(Either::Left(Full::new(Bytes::new())))
             .expect("request");
         let (head, body) = req.into_parts();
-        let res = client.send(addr, &authority, UpstreamProtocol::Http1, &head, body).await.expect("response");
+        let res =
+            client.send(addr, &authority, UpstreamProtocol::Http1, (&head, &added()), body).await.expect("response");
         assert_eq!(res.status(), http::StatusCode::OK);
         res.into_body().collect().await.expect("body").to_bytes()
     }
@@ -391,7 +404,7 @@ mod tests {
         let authority: http::uri::Authority = addr.to_string().parse().expect("authority");
         let req = Request::builder().uri("/").body(Either::Left(Full::new(Bytes::new()))).expect("request");
         let (head, body) = req.into_parts();
-        match client.send(addr, &authority, UpstreamProtocol::Http1, &head, body).await {
+        match client.send(addr, &authority, UpstreamProtocol::Http1, (&head, &added()), body).await {
             Err(SendError::NeverSent(detail)) => assert!(detail.contains(&addr.to_string()), "{detail}"),
             Err(SendError::Failed(detail)) => panic!("a refused connect must be NeverSent, got Failed: {detail}"),
             Ok(res) => panic!("nothing listens, yet got {}", res.status()),

@@ -23,6 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::Pool;
+use crate::headers::Added;
 use crate::proxy::{ClientBody, ReqBody};
 
 /// Largest response head accepted from a replica.
@@ -298,7 +299,7 @@ pub(crate) struct Outgoing {
 impl Outgoing {
     /// `req` as HTTP/1.1: origin-form target, its fields (`Host` included) in order, and framing of the
     /// gateway's own (`Content-Length` for a known size, else chunked).
-    pub(crate) fn new(parts: &http::request::Parts, body: ReqBody) -> Outgoing {
+    pub(crate) fn new(parts: &http::request::Parts, added: &Added, body: ReqBody) -> Outgoing {
         let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
         let declared =
             parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
@@ -323,6 +324,9 @@ impl Outgoing {
             if name != header::CONTENT_LENGTH {
                 write_field(&mut wire, name, value);
             }
+        }
+        for (name, value) in added.iter() {
+            write_field(&mut wire, &name, value);
         }
         match (length, &streamed) {
             (Some(length), _) => {
@@ -653,7 +657,8 @@ mod tests {
     ) -> Result<Response<UpstreamBody>, crate::upstream::SendError> {
         let authority: http::uri::Authority = addr.to_string().parse().expect("authority");
         let (head, body) = req.into_parts();
-        let send = client.send(addr, &authority, crate::table::UpstreamProtocol::Http1, &head, body);
+        let added = crate::upstream::tests::added();
+        let send = client.send(addr, &authority, crate::table::UpstreamProtocol::Http1, (&head, &added), body);
         tokio::time::timeout(Duration::from_secs(5), send).await.expect("answer in time")
     }
 
