@@ -33,6 +33,7 @@ const MAX_HEADERS: usize = 100;
 /// Largest chunk-size line or trailer section of a chunked body.
 const MAX_CHUNK_META_BYTES: usize = 16 * 1024;
 const READ_CHUNK: usize = 8 * 1024;
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
 /// A connection to a replica and what was read from it but not used yet.
 pub(crate) struct Conn {
@@ -191,8 +192,10 @@ impl Conn {
             let value = HeaderValue::from_maybe_shared(read.slice_ref(field.value));
             match (name, value) {
                 (Ok(name), Ok(value)) => {
-                    framing.see(&name, field.value);
-                    headers.append(name, value);
+                    // A 101 keeps its `Connection: upgrade`.
+                    if framing.see(&name, field.value) || status == StatusCode::SWITCHING_PROTOCOLS {
+                        headers.append(name, value);
+                    }
                 }
                 _ => return Err(io::Error::new(io::ErrorKind::InvalidData, "bad response header field")),
             }
@@ -227,14 +230,25 @@ struct FramingFields {
 }
 
 impl FramingFields {
-    fn see(&mut self, name: &HeaderName, value: &[u8]) {
+    /// Takes note of a field; returns whether the field goes on to the client. Hop-by-hop framing fields
+    /// stop here (a `Connection` that names other fields too goes on, so `headers::rewrite_response` can
+    /// remove those), which leaves the common response nothing to rewrite.
+    fn see(&mut self, name: &HeaderName, value: &[u8]) -> bool {
         let tokens = || value.split(|&b| b == b',').map(<[u8]>::trim_ascii);
         if name == header::CONNECTION {
-            self.connection_close |= tokens().any(|token| token.eq_ignore_ascii_case(b"close"));
-            self.connection_keep_alive |= tokens().any(|token| token.eq_ignore_ascii_case(b"keep-alive"));
+            let mut only_framing = true;
+            for token in tokens() {
+                let close = token.eq_ignore_ascii_case(b"close");
+                let keep_alive = token.eq_ignore_ascii_case(b"keep-alive");
+                self.connection_close |= close;
+                self.connection_keep_alive |= keep_alive;
+                only_framing &= close || keep_alive || token.is_empty();
+            }
+            return !only_framing;
         } else if name == header::TRANSFER_ENCODING {
             self.transfer_encoding =
                 Some(tokens().next_back().is_some_and(|last| last.eq_ignore_ascii_case(b"chunked")));
+            return false;
         } else if name == header::CONTENT_LENGTH {
             for token in tokens() {
                 let length = match std::str::from_utf8(token) {
@@ -249,7 +263,10 @@ impl FramingFields {
                     _ => Some(Err(())),
                 };
             }
+        } else if name == KEEP_ALIVE {
+            return false;
         }
+        true
     }
 }
 
@@ -680,13 +697,17 @@ mod tests {
 
     #[tokio::test]
     async fn chunked_bodies_are_decoded_with_their_trailers_and_the_connection_comes_back() {
-        let script = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\ngrpc-status: 0\r\n\r\n";
+        let script = b"HTTP/1.1 200 OK\r\nconnection: keep-alive\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\ngrpc-status: 0\r\n\r\n";
         let (addr, mut heads) = scripted(script, false).await;
         let client = UpstreamClient::new(Duration::from_secs(30));
         let res = send(&client, addr, request(Method::POST, "abc")).await;
         let head = heads.recv().await.expect("request head");
         assert!(head.starts_with("POST /p?q=1 HTTP/1.1\r\n"), "{head}");
         assert!(head.contains("host: svc\r\n") && head.contains("content-length: 3\r\n"), "{head}");
+        // Framing fields of the replica's connection stop at the gateway.
+        assert!(
+            !res.headers().contains_key(header::TRANSFER_ENCODING) && !res.headers().contains_key(header::CONNECTION)
+        );
         let collected = res.into_body().collect().await.expect("body");
         assert_eq!(collected.trailers().and_then(|t| t.get("grpc-status")).map(|v| v.as_bytes()), Some(&b"0"[..]));
         assert_eq!(collected.to_bytes(), "hello world");
