@@ -299,7 +299,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use bytes::Bytes;
@@ -310,31 +310,39 @@ mod tests {
 
     use super::*;
 
-    /// A replica that answers every HTTP/1.1 request on a connection with `200 ok`, counts the connections
-    /// it accepted, and reports each one's end.
-    async fn replica() -> (SocketAddr, Arc<AtomicUsize>, mpsc::UnboundedReceiver<()>) {
+    /// A replica speaking raw bytes: the connections it accepted, each one's end, and every request head.
+    pub(crate) struct Replica {
+        pub(crate) addr: SocketAddr,
+        pub(crate) accepted: Arc<AtomicUsize>,
+        pub(crate) closed: mpsc::UnboundedReceiver<()>,
+        pub(crate) heads: mpsc::UnboundedReceiver<String>,
+    }
+
+    /// A replica that answers each request head it reads with `script` as is, then (with `close`) closes.
+    pub(crate) async fn scripted(script: &'static [u8], close: bool) -> Replica {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let accepted = Arc::new(AtomicUsize::new(0));
         let (closed_tx, closed) = mpsc::unbounded_channel();
+        let (heads_tx, heads) = mpsc::unbounded_channel();
         let count = accepted.clone();
         tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
                 count.fetch_add(1, Ordering::SeqCst);
-                let closed_tx = closed_tx.clone();
+                let (closed_tx, heads_tx) = (closed_tx.clone(), heads_tx.clone());
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
-                    let mut chunk = [0u8; 1024];
-                    loop {
+                    let mut chunk = [0u8; 4096];
+                    'conn: loop {
                         match stream.read(&mut chunk).await {
                             Ok(0) | Err(_) => break,
                             Ok(n) => buf.extend_from_slice(&chunk[..n]),
                         }
                         while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            buf.drain(..end + 4);
-                            let res = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                            if stream.write_all(res).await.is_err() {
-                                return;
+                            let head: Vec<u8> = buf.drain(..end + 4).collect();
+                            let _ = heads_tx.send(String::from_utf8_lossy(&head).into_owned());
+                            if stream.write_all(script).await.is_err() || close {
+                                break 'conn;
                             }
                         }
                     }
@@ -342,7 +350,13 @@ mod tests {
                 });
             }
         });
-        (addr, accepted, closed)
+        Replica { addr, accepted, closed, heads }
+    }
+
+    /// A replica that answers every HTTP/1.1 request on a connection with `200 ok`.
+    async fn replica() -> (SocketAddr, Arc<AtomicUsize>, mpsc::UnboundedReceiver<()>) {
+        let replica = scripted(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", false).await;
+        (replica.addr, replica.accepted, replica.closed)
     }
 
     /// What `rewrite_request` adds to a request with no fields of its own.

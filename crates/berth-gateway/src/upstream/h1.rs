@@ -615,48 +615,12 @@ impl http_body::Body for Body {
 mod tests {
     use std::time::Duration;
 
-    use http_body_util::BodyExt;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
-
     use http::Request;
+    use http_body_util::BodyExt;
 
     use super::*;
+    use crate::upstream::tests::scripted;
     use crate::upstream::{UpstreamBody, UpstreamClient};
-
-    /// A replica that reads one request head and answers with `script` as is, then (with `close`) closes;
-    /// hands back every request head it read.
-    async fn scripted(
-        script: &'static [u8],
-        close: bool,
-    ) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<String>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (heads_tx, heads) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                let heads_tx = heads_tx.clone();
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    loop {
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            let head: Vec<u8> = buf.drain(..end + 4).collect();
-                            let _ = heads_tx.send(String::from_utf8_lossy(&head).into_owned());
-                            if stream.write_all(script).await.is_err() || close {
-                                return;
-                            }
-                        }
-                    }
-                });
-            }
-        });
-        (addr, heads)
-    }
 
     fn request(method: Method, body: &'static str) -> Request<ReqBody> {
         Request::builder()
@@ -685,7 +649,7 @@ mod tests {
 
     /// A GET answered by a fresh scripted replica.
     async fn get(script: &'static [u8], close: bool) -> (UpstreamClient, SocketAddr, Response<UpstreamBody>) {
-        let (addr, _heads) = scripted(script, close).await;
+        let addr = scripted(script, close).await.addr;
         let client = UpstreamClient::new(Duration::from_secs(30));
         let res = send(&client, addr, request(Method::GET, "")).await;
         (client, addr, res)
@@ -698,7 +662,7 @@ mod tests {
     #[tokio::test]
     async fn chunked_bodies_are_decoded_with_their_trailers_and_the_connection_comes_back() {
         let script = b"HTTP/1.1 200 OK\r\nconnection: keep-alive\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\ngrpc-status: 0\r\n\r\n";
-        let (addr, mut heads) = scripted(script, false).await;
+        let crate::upstream::tests::Replica { addr, mut heads, .. } = scripted(script, false).await;
         let client = UpstreamClient::new(Duration::from_secs(30));
         let res = send(&client, addr, request(Method::POST, "abc")).await;
         let head = heads.recv().await.expect("request head");
@@ -717,7 +681,7 @@ mod tests {
     #[tokio::test]
     async fn informational_answers_are_skipped_and_head_answers_have_no_body() {
         let script = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 50\r\n\r\n";
-        let (addr, _heads) = scripted(script, false).await;
+        let addr = scripted(script, false).await.addr;
         let client = UpstreamClient::new(Duration::from_secs(30));
         let res = send(&client, addr, request(Method::HEAD, "")).await;
         assert_eq!(res.status(), StatusCode::OK);
@@ -750,7 +714,7 @@ mod tests {
             &b"HTTP/1.1 2OO OK\r\n\r\n"[..],
         ] {
             let script: &'static [u8] = Box::leak(script.to_vec().into_boxed_slice());
-            let (addr, _heads) = scripted(script, false).await;
+            let addr = scripted(script, false).await.addr;
             let client = UpstreamClient::new(Duration::from_secs(30));
             let res = try_send(&client, addr, request(Method::GET, "")).await;
             assert!(matches!(res, Err(crate::upstream::SendError::Failed(_))), "{}", String::from_utf8_lossy(script));
