@@ -4,7 +4,7 @@
 use std::sync::Mutex;
 use std::sync::PoisonError;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// How long a crash or hang waits, so the answer announcing it is flushed first.
 pub const ACT_AFTER: Duration = Duration::from_millis(50);
@@ -24,11 +24,13 @@ pub struct LeakRefused {
     pub bytes: u64,
 }
 
-/// A xorshift64* generator, seeded from the pid and the clock. Good enough to decide which
-/// answers fail; not for anything that needs real randomness.
+/// Which answers fail, for a failure share `rate`: evenly spread, so that any window of `n` answers holds
+/// `n * rate` failures give or take one (a canary analysis or an alert sees the share it was told, not a
+/// lucky run of successes).
 #[derive(Debug)]
-pub struct Rng {
-    state: AtomicU64,
+pub struct Flaky {
+    rate: f64,
+    answered: AtomicU64,
 }
 
 impl Leak {
@@ -49,29 +51,19 @@ impl Leak {
     }
 }
 
-impl Rng {
-    pub fn from_entropy() -> Rng {
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_nanos() as u64).unwrap_or(0);
-        Rng::with_seed(nanos ^ (u64::from(std::process::id()) << 32))
+impl Flaky {
+    pub fn new(rate: f64) -> Flaky {
+        Flaky { rate: rate.clamp(0.0, 1.0), answered: AtomicU64::new(0) }
     }
 
-    pub fn with_seed(seed: u64) -> Rng {
-        // xorshift has a fixed point at zero.
-        let seed = if seed == 0 { 0x9e37_79b9_7f4a_7c15 } else { seed };
-        Rng { state: AtomicU64::new(seed) }
-    }
-
-    /// A uniform value in `[0, 1)`.
-    pub fn next_f64(&self) -> f64 {
-        let previous =
-            self.state.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |x| Some(xorshift(x))).unwrap_or_else(|x| x);
-        let value = xorshift(previous).wrapping_mul(0x2545_f491_4f6c_dd1d);
-        (value >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// True with probability `rate`.
-    pub fn chance(&self, rate: f64) -> bool {
-        rate > 0.0 && self.next_f64() < rate
+    /// Whether the next answer fails: when the running count of failures owed (`answers * rate`) passes
+    /// another whole number.
+    pub fn fails_next(&self) -> bool {
+        if self.rate <= 0.0 {
+            return false;
+        }
+        let n = self.answered.fetch_add(1, Ordering::Relaxed) as f64;
+        ((n + 1.0) * self.rate).floor() > (n * self.rate).floor()
     }
 }
 
@@ -95,13 +87,6 @@ pub fn hang_soon() {
     });
 }
 
-fn xorshift(mut x: u64) -> u64 {
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    x
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,11 +107,16 @@ mod tests {
     }
 
     #[test]
-    fn chance_follows_the_rate() {
-        let rng = Rng::with_seed(42);
-        let n_hits = (0..100_000).filter(|_| rng.chance(0.05)).count();
-        assert!((4_000..6_000).contains(&n_hits), "n_hits = {n_hits}");
-        assert!(!(0..1000).any(|_| rng.chance(0.0)));
-        assert!((0..1000).all(|_| rng.chance(1.0)));
+    fn failures_are_the_given_share_of_every_window() {
+        let flaky = Flaky::new(0.1);
+        let fails: Vec<bool> = (0..1000).map(|_| flaky.fails_next()).collect();
+        assert_eq!(fails.iter().filter(|&&f| f).count(), 100);
+        for window in fails.windows(41) {
+            let n = window.iter().filter(|&&f| f).count();
+            assert!((4..=5).contains(&n), "{n} failures in 41 answers");
+        }
+        assert!(!(0..1000).any(|_| Flaky::new(0.0).fails_next()));
+        let always = Flaky::new(1.0);
+        assert!((0..1000).all(|_| always.fails_next()));
     }
 }

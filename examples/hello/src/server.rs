@@ -17,7 +17,7 @@ use axum::routing::get;
 use serde_json::json;
 
 use crate::config::Config;
-use crate::faults::{self, Leak, MIB, Rng};
+use crate::faults::{self, Flaky, Leak, MIB};
 use crate::log::{AccessRecord, Logger, unix_millis};
 use crate::metrics::{self, Gauges, Metrics};
 
@@ -33,12 +33,11 @@ pub const DEFAULT_LEAK_MB: u64 = 10;
 pub struct AppState {
     pub logger: Logger,
     pub started: Instant,
-    pub flaky_error_rate: f64,
+    pub flaky: Flaky,
     pub unhealthy: AtomicBool,
     pub requests_in_flight: AtomicU64,
     pub metrics: Mutex<Metrics>,
     pub leak: Leak,
-    pub rng: Rng,
 }
 
 impl AppState {
@@ -46,12 +45,11 @@ impl AppState {
         AppState {
             logger: Logger { format: config.log_format, identity: config.identity.clone() },
             started,
-            flaky_error_rate: config.flaky_error_rate,
+            flaky: Flaky::new(config.flaky_error_rate),
             unhealthy: AtomicBool::new(false),
             requests_in_flight: AtomicU64::new(0),
             metrics: Mutex::new(Metrics::default()),
             leak: Leak::default(),
-            rng: Rng::from_entropy(),
         }
     }
 }
@@ -121,7 +119,7 @@ async fn access_log(State(state): State<Arc<AppState>>, request: Request, next: 
 }
 
 async fn root(State(state): State<Arc<AppState>>) -> Response {
-    if state.rng.chance(state.flaky_error_rate) {
+    if state.flaky.fails_next() {
         return flaky_error();
     }
     let identity = &state.logger.identity;
@@ -150,7 +148,7 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn ping(State(state): State<Arc<AppState>>) -> Response {
-    if state.rng.chance(state.flaky_error_rate) {
+    if state.flaky.fails_next() {
         return flaky_error();
     }
     health_answer(&state)

@@ -19,7 +19,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode, Version};
 use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::{BodyExt, Either, Full, Limited};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::Pool;
@@ -87,11 +87,46 @@ impl Conn {
             return Err(Failure::Unsent(io::ErrorKind::WriteZero.into()));
         }
         self.stream.write_all(&out.wire[written..]).await.map_err(Failure::Sent)?;
+        // A streamed body goes out while the replica may already answer (a 413 to a large upload, say):
+        // its answer ends the upload, and the connection, which is then mid-request, is not reused.
+        let mut early = None;
+        let mut unfinished = None;
         if let Some((body, chunked)) = out.body.take() {
-            self.write_body(body, chunked).await.map_err(Failure::Sent)?;
+            let conn = &mut *self;
+            let (mut rd, mut wr) = conn.stream.split();
+            let write = write_body(&mut wr, body, chunked);
+            tokio::pin!(write);
+            loop {
+                tokio::select! {
+                    biased;
+                    written = &mut write => match written {
+                        Ok(()) => break,
+                        Err(Upload::Client(error)) => return Err(Failure::Sent(error)),
+                        Err(Upload::Replica(error)) => {
+                            unfinished = Some(error);
+                            break;
+                        }
+                    },
+                    head = read_head(&mut rd, &mut conn.buf) => {
+                        let head = head.map_err(Failure::Sent)?;
+                        if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS {
+                            continue;
+                        }
+                        early = Some(head);
+                        break;
+                    }
+                }
+            }
         }
+        let whole = early.is_none() && unfinished.is_none();
         let (head, framing) = loop {
-            let mut head = self.read_head().await.map_err(Failure::Sent)?;
+            let mut head = match early.take() {
+                Some(head) => head,
+                // A failed upload still gets the replica's answer when there is one, else the write error.
+                None => read_head(&mut self.stream, &mut self.buf)
+                    .await
+                    .map_err(|error| Failure::Sent(unfinished.take().unwrap_or(error)))?,
+            };
             // 100 Continue, 102, 103: informational, the answer follows.
             if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS {
                 continue;
@@ -105,104 +140,118 @@ impl Conn {
         *res.headers_mut() = head.headers;
         let mut body = match framing {
             Framing::Upgrade => Body { conn: Some(self), state: State::Upgraded, reuse: false },
-            Framing::Body { kind, keep_alive } => Body { conn: Some(self), state: kind, reuse: keep_alive },
+            Framing::Body { kind, keep_alive } => Body { conn: Some(self), state: kind, reuse: keep_alive && whole },
         };
         body.finish_if_done();
         Ok(res.map(|()| body))
     }
+}
 
-    /// A streamed request body: as is after a `Content-Length`, else chunked, trailers included.
-    async fn write_body(&mut self, mut body: Limited<ClientBody>, chunked: bool) -> io::Result<()> {
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|error| io::Error::other(format!("client body: {error}")))?;
-            match frame.into_data() {
-                Ok(data) if data.is_empty() => {}
-                Ok(data) if chunked => {
-                    let mut out = Vec::with_capacity(data.len() + 20);
-                    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-                    out.extend_from_slice(&data);
+/// Why a streamed upload stopped.
+enum Upload {
+    /// The client's body failed (it went away, or sent too much): nothing to wait for.
+    Client(io::Error),
+    /// Writing to the replica failed: it may have answered already.
+    Replica(io::Error),
+}
+
+/// A streamed request body: as is after a `Content-Length`, else chunked, trailers included.
+async fn write_body<W: AsyncWrite + Unpin>(
+    replica: &mut W,
+    mut body: Limited<ClientBody>,
+    chunked: bool,
+) -> Result<(), Upload> {
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|error| Upload::Client(io::Error::other(format!("client body: {error}"))))?;
+        let out = match frame.into_data() {
+            Ok(data) if data.is_empty() => continue,
+            Ok(data) if chunked => {
+                let mut out = Vec::with_capacity(data.len() + 20);
+                out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                out.extend_from_slice(&data);
+                out.extend_from_slice(b"\r\n");
+                Bytes::from(out)
+            }
+            Ok(data) => data,
+            Err(frame) => match (chunked, frame.into_trailers()) {
+                (true, Ok(trailers)) => {
+                    let mut out = b"0\r\n".to_vec();
+                    write_fields(&mut out, &trailers);
                     out.extend_from_slice(b"\r\n");
-                    self.stream.write_all(&out).await?;
+                    return replica.write_all(&out).await.map_err(Upload::Replica);
                 }
-                Ok(data) => self.stream.write_all(&data).await?,
-                Err(frame) => {
-                    if let (true, Ok(trailers)) = (chunked, frame.into_trailers()) {
-                        let mut out = b"0\r\n".to_vec();
-                        write_fields(&mut out, &trailers);
-                        out.extend_from_slice(b"\r\n");
-                        return self.stream.write_all(&out).await;
-                    }
-                }
-            }
-        }
-        if chunked {
-            self.stream.write_all(b"0\r\n\r\n").await?;
-        }
-        Ok(())
+                _ => continue,
+            },
+        };
+        replica.write_all(&out).await.map_err(Upload::Replica)?;
     }
-
-    async fn read_head(&mut self) -> io::Result<Head> {
-        loop {
-            if !self.buf.is_empty()
-                && let Some(head) = self.parse_head()?
-            {
-                return Ok(head);
-            }
-            if self.buf.len() >= MAX_HEAD_BYTES {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "response head larger than 64 KiB"));
-            }
-            self.buf.reserve(READ_CHUNK);
-            if self.stream.read_buf(&mut self.buf).await? == 0 {
-                let detail = if self.buf.is_empty() {
-                    "the replica closed the connection without answering"
-                } else {
-                    "the replica closed the connection in the middle of the response head"
-                };
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, detail));
-            }
-        }
+    if chunked {
+        replica.write_all(b"0\r\n\r\n").await.map_err(Upload::Replica)?;
     }
+    Ok(())
+}
 
-    /// The response head at the start of the buffer, taken out of it; `None`: not all there yet. The read
-    /// bytes are frozen first, so field values are slices of them, not copies; what follows the head goes
-    /// back into the buffer (its spare room, no allocation).
-    fn parse_head(&mut self) -> io::Result<Option<Head>> {
-        let read = self.buf.split().freeze();
-        let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
-        let mut parsed = httparse::Response::new(&mut []);
-        let len =
-            match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, &read, &mut fields)
-            {
-                Ok(httparse::Status::Complete(len)) => len,
-                Ok(httparse::Status::Partial) => {
-                    self.buf.extend_from_slice(&read);
-                    return Ok(None);
-                }
-                Err(error) => {
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, format!("bad response head: {error}")));
-                }
+/// Reads until a whole response head is in `buf`, and takes it out.
+async fn read_head<R: AsyncRead + Unpin>(stream: &mut R, buf: &mut BytesMut) -> io::Result<Head> {
+    loop {
+        if !buf.is_empty()
+            && let Some(head) = parse_head(buf)?
+        {
+            return Ok(head);
+        }
+        if buf.len() >= MAX_HEAD_BYTES {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "response head larger than 64 KiB"));
+        }
+        buf.reserve(READ_CHUNK);
+        if stream.read_buf(buf).await? == 0 {
+            let detail = if buf.is_empty() {
+                "the replica closed the connection without answering"
+            } else {
+                "the replica closed the connection in the middle of the response head"
             };
-        let status = parsed.code.and_then(|code| StatusCode::from_u16(code).ok());
-        let status = status.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad response status"))?;
-        let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
-        let mut headers = HeaderMap::with_capacity(parsed.headers.len());
-        let mut framing = FramingFields::default();
-        for field in parsed.headers.iter() {
-            let name = HeaderName::from_bytes(field.name.as_bytes());
-            let value = HeaderValue::from_maybe_shared(read.slice_ref(field.value));
-            match (name, value) {
-                (Ok(name), Ok(value)) => {
-                    // A 101 keeps its `Connection: upgrade`.
-                    if framing.see(&name, field.value) || status == StatusCode::SWITCHING_PROTOCOLS {
-                        headers.append(name, value);
-                    }
-                }
-                _ => return Err(io::Error::new(io::ErrorKind::InvalidData, "bad response header field")),
-            }
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, detail));
         }
-        self.buf.extend_from_slice(&read[len..]);
-        Ok(Some(Head { status, version, headers, framing }))
     }
+}
+
+/// The response head at the start of the buffer, taken out of it; `None`: not all there yet. The read
+/// bytes are frozen first, so field values are slices of them, not copies; what follows the head goes
+/// back into the buffer (its spare room, no allocation).
+fn parse_head(buf: &mut BytesMut) -> io::Result<Option<Head>> {
+    let read = buf.split().freeze();
+    let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let len =
+        match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, &read, &mut fields) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => {
+                buf.extend_from_slice(&read);
+                return Ok(None);
+            }
+            Err(error) => {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, format!("bad response head: {error}")));
+            }
+        };
+    let status = parsed.code.and_then(|code| StatusCode::from_u16(code).ok());
+    let status = status.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad response status"))?;
+    let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    let mut framing = FramingFields::default();
+    for field in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(field.name.as_bytes());
+        let value = HeaderValue::from_maybe_shared(read.slice_ref(field.value));
+        match (name, value) {
+            (Ok(name), Ok(value)) => {
+                // A 101 keeps its `Connection: upgrade`.
+                if framing.see(&name, field.value) || status == StatusCode::SWITCHING_PROTOCOLS {
+                    headers.append(name, value);
+                }
+            }
+            _ => return Err(io::Error::new(io::ErrorKind::InvalidData, "bad response header field")),
+        }
+    }
+    buf.extend_from_slice(&read[len..]);
+    Ok(Some(Head { status, version, headers, framing }))
 }
 
 struct Head {
@@ -735,5 +784,35 @@ mod tests {
         assert_eq!(res.status(), StatusCode::SWITCHING_PROTOCOLS);
         let (_stream, early) = res.into_body().into_upgraded().expect("the connection");
         assert_eq!(early, "early");
+    }
+
+    /// A client upload that sends one chunk, then nothing more.
+    struct Stalled(bool);
+
+    impl http_body::Body for Stalled {
+        type Data = Bytes;
+        type Error = io::Error;
+
+        fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<io::Result<Frame<Bytes>>>> {
+            if std::mem::replace(&mut self.0, true) {
+                Poll::Pending
+            } else {
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"part of a large upload")))))
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answer_before_the_upload_is_done_ends_the_upload() {
+        let script = b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 0\r\n\r\n";
+        let crate::upstream::tests::Replica { addr, mut heads, .. } = scripted(script, false).await;
+        let client = UpstreamClient::new(Duration::from_secs(30));
+        let body = Limited::new(Either::Right(Stalled(false).boxed_unsync()), 1 << 20);
+        let req = Request::builder().method(Method::POST).uri("/upload").header(header::HOST, "svc");
+        let res = send(&client, addr, req.body(Either::Right(body)).expect("request")).await;
+        assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(heads.recv().await.expect("head").contains("transfer-encoding: chunked\r\n"));
+        assert!(res.into_body().collect().await.expect("body").to_bytes().is_empty());
+        assert_eq!(idle(&client, addr), 0, "a connection left mid-upload is not reused");
     }
 }
