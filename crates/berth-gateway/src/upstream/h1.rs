@@ -5,8 +5,9 @@
 //! dropped early takes it down with it.
 //!
 //! Framing follows RFC 9112 §6: `Transfer-Encoding` (chunked, else read to close) over `Content-Length`, no
-//! body for `HEAD`, 1xx, 204 and 304. A response with both headers, an unparsable length, or a close-delimited
-//! body never goes back to the pool.
+//! body for `HEAD`, 1xx, 204 and 304. An unparsable length or head is an error, never a response. A
+//! connection never goes back to the pool after a response with both headers or a close-delimited body, or
+//! when the replica answered before a streamed upload was done.
 
 use std::io;
 use std::net::SocketAddr;
@@ -109,7 +110,7 @@ impl Conn {
                     },
                     head = read_head(&mut rd, &mut conn.buf) => {
                         let head = head.map_err(Failure::Sent)?;
-                        if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS {
+                        if is_interim(head.status) {
                             continue;
                         }
                         early = Some(head);
@@ -127,8 +128,7 @@ impl Conn {
                     .await
                     .map_err(|error| Failure::Sent(unfinished.take().unwrap_or(error)))?,
             };
-            // 100 Continue, 102, 103: informational, the answer follows.
-            if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS {
+            if is_interim(head.status) {
                 continue;
             }
             let framing = framing(&mut head, out.head_request).map_err(Failure::Sent)?;
@@ -145,6 +145,11 @@ impl Conn {
         body.finish_if_done();
         Ok(res.map(|()| body))
     }
+}
+
+/// 100 Continue, 102, 103: informational, the answer follows (a 101 is the answer).
+fn is_interim(status: StatusCode) -> bool {
+    status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS
 }
 
 /// Why a streamed upload stopped.
