@@ -427,7 +427,7 @@ fn ends_header_section(held: &[u8], from: usize) -> bool {
 }
 
 /// A `Content-Length` value as hyper reads it: decimal digits only, no sign, no overflow.
-fn digits(value: &[u8]) -> Option<u64> {
+pub(crate) fn digits(value: &[u8]) -> Option<u64> {
     if value.is_empty() {
         return None;
     }

@@ -21,7 +21,7 @@ use crate::proxy::{self, Ingress};
 use crate::table::{Registry, RouteEntry, RoutingTable, ServiceEntry, Snapshot};
 use crate::tls::{Tls, TlsConfig};
 use crate::upstream::UpstreamClient;
-use crate::{h3, headers};
+use crate::{h3, headers, serve_h1};
 
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -343,6 +343,8 @@ struct Servers {
     http1: hyper::server::conn::http1::Builder,
     http2: hyper::server::conn::http2::Builder<TokioExecutor>,
     max_head: usize,
+    /// What plain HTTP/1.1 connections serve without hyper.
+    h1: serve_h1::Limits,
 }
 
 /// One gateway worker: accepts connections on its own runtime and serves them with its own client.
@@ -419,7 +421,12 @@ fn servers(config: &GatewayConfig) -> Servers {
         .keep_alive(true);
     let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     http2.timer(TokioTimer::new()).max_header_list_size(config.max_header_bytes as u32).max_concurrent_streams(256);
-    Servers { auto, http1, http2, max_head }
+    let h1 = serve_h1::Limits {
+        max_head,
+        max_body: config.max_body_bytes.min(config.replay_buffer_bytes as u64),
+        header_read_timeout: config.header_read_timeout,
+    };
+    Servers { auto, http1, http2, max_head, h1 }
 }
 
 async fn serve_plain(
@@ -430,14 +437,13 @@ async fn serve_plain(
     stream: TcpStream,
     peer: SocketAddr,
 ) {
-    // hyper's header-read timer only starts once a first byte has picked HTTP/1 over HTTP/2: a client that
-    // sends nothing would otherwise hold the connection forever.
-    let mut first_byte = [0u8; 1];
-    let peek = tokio::time::timeout(shared.config.header_read_timeout, stream.peek(&mut first_byte));
-    if peek.await.is_err() {
-        debug!(peer = %peer, "client sent nothing in time");
-        return;
-    }
+    let handle = |req| proxy::handle(shared.clone(), client.clone(), ingress.clone(), peer, req);
+    let stream = match serve_h1::serve(stream, servers.h1, handle).await {
+        serve_h1::Ended::Closed => return,
+        serve_h1::Ended::Handover(stream) => stream,
+    };
+    // hyper sees the connection from the first byte this side did not serve: its header-read timer runs
+    // from there (there is at least one byte), and HTTP/2 prior knowledge is told from its preface.
     let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
         proxy::handle(shared.clone(), client.clone(), ingress.clone(), peer, req.map(http_body_util::Either::Left))
     });

@@ -22,6 +22,7 @@ mod headers;
 pub mod metrics;
 mod proxy;
 mod ratelimit;
+mod serve_h1;
 mod table;
 mod tls;
 mod upstream;
