@@ -24,12 +24,14 @@ pub(crate) enum Groups<'a> {
 /// Below this share of endpoints not ejected, ejection is ignored: trusting it would overload the rest.
 const PANIC_THRESHOLD: f64 = 0.5;
 
-pub(crate) fn pick(
-    service: &ServiceEntry,
+/// An endpoint of `service`, borrowed: a request holds no reference count of its own (on two busy cores,
+/// a count that both workers' requests move costs more than the choice).
+pub(crate) fn pick<'s>(
+    service: &'s ServiceEntry,
     groups: Groups<'_>,
-    tried: &[Arc<EndpointState>],
+    tried: &[&Arc<EndpointState>],
     now: Instant,
-) -> Option<Arc<EndpointState>> {
+) -> Option<&'s Arc<EndpointState>> {
     match groups {
         Groups::Shared => pick_among(service, &|g| !g.pool, false, tried, now),
         // Within a pool, weights split traffic as usual; a pool group's weight of 0 still takes its keys.
@@ -40,13 +42,13 @@ pub(crate) fn pick(
     }
 }
 
-fn pick_among(
-    service: &ServiceEntry,
+fn pick_among<'s>(
+    service: &'s ServiceEntry,
     eligible: &dyn Fn(&Group) -> bool,
     any_weight: bool,
-    tried: &[Arc<EndpointState>],
+    tried: &[&Arc<EndpointState>],
     now: Instant,
-) -> Option<Arc<EndpointState>> {
+) -> Option<&'s Arc<EndpointState>> {
     let eligible = |group: &&Group| eligible(group);
     let n_total: usize = service.groups.iter().filter(eligible).map(|g| g.endpoints.len()).sum();
     if n_total == 0 {
@@ -87,7 +89,7 @@ fn pick_among(
     let nth_usable = |k: usize| group.endpoints.iter().filter(|e| usable(e)).nth(k);
     match n {
         0 => None,
-        1 => nth_usable(0).cloned(),
+        1 => nth_usable(0),
         n => {
             let a = (random() % n as u64) as usize;
             let b = (a + 1 + (random() % (n as u64 - 1)) as usize) % n;
@@ -96,7 +98,7 @@ fn pick_among(
             // Near-equal loads (idle endpoints whose costs differ by decay noise) are a tie: the first
             // pick is already random, so keep it rather than always favouring the older endpoint.
             let tie = (la - lb).abs() <= 0.01 * la.max(lb);
-            Some(if tie || la < lb { ea.clone() } else { eb.clone() })
+            Some(if tie || la < lb { ea } else { eb })
         }
     }
 }
@@ -199,7 +201,7 @@ mod tests {
         let picked = counts(&web, 500);
         assert_eq!(picked.keys().collect::<Vec<_>>(), ["next-3"], "{picked:?}");
         // The only weighted endpoint was tried (or is gone): the warm set answers rather than a 503.
-        let next = web.groups[1].endpoints[0].clone();
+        let next = &web.groups[1].endpoints[0];
         let fallback = pick(&web, Groups::Shared, &[next], Instant::now()).expect("the warm set takes it");
         assert!(fallback.instance.starts_with("stable-"), "{}", fallback.instance);
     }
@@ -222,7 +224,7 @@ mod tests {
         let (_registry, web) = service(&[("stable", 100, 2)]);
         let first = pick(&web, Groups::Shared, &[], Instant::now()).expect("one");
         let second = pick(&web, Groups::Shared, std::slice::from_ref(&first), Instant::now()).expect("the other");
-        assert!(!Arc::ptr_eq(&first, &second));
+        assert!(!Arc::ptr_eq(first, second));
         assert!(pick(&web, Groups::Shared, &[first, second], Instant::now()).is_none());
         web.groups[0].endpoints[0].begin().finish(Outcome::Success);
     }
@@ -242,7 +244,7 @@ mod tests {
         // Retries stay in the pool.
         let first = pick(&web, Groups::Pool("partner"), &[], now).expect("one");
         let second = pick(&web, Groups::Pool("partner"), std::slice::from_ref(&first), now).expect("the other");
-        assert!(second.instance.starts_with("partner") && !Arc::ptr_eq(&first, &second));
+        assert!(second.instance.starts_with("partner") && !Arc::ptr_eq(first, second));
         assert!(pick(&web, Groups::Pool("partner"), &[first, second], now).is_none());
     }
 }

@@ -2,6 +2,7 @@
 //! so that retries never multiply an outage (Finagle's and linkerd's retry budget).
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 /// Retries allowed per original request.
@@ -13,6 +14,9 @@ const MAX_BALANCE: f64 = 10.0;
 
 pub(crate) struct RetryBudget {
     state: Mutex<Balance>,
+    /// The balance is at its cap: a deposit changes nothing and takes no lock (the common case, read by
+    /// every request on every worker without writing).
+    full: AtomicBool,
 }
 
 struct Balance {
@@ -22,19 +26,29 @@ struct Balance {
 
 impl RetryBudget {
     pub(crate) fn new() -> RetryBudget {
-        RetryBudget { state: Mutex::new(Balance { tokens: MIN_PER_SEC, refilled_at: Instant::now() }) }
+        RetryBudget {
+            state: Mutex::new(Balance { tokens: MIN_PER_SEC, refilled_at: Instant::now() }),
+            full: AtomicBool::new(false),
+        }
     }
 
     /// Every original request earns a fraction of a retry.
     pub(crate) fn deposit(&self) {
+        if self.full.load(Ordering::Relaxed) {
+            return;
+        }
         if let Ok(mut balance) = self.state.lock() {
             balance.tokens = (balance.tokens + RATIO).min(MAX_BALANCE);
+            if balance.tokens >= MAX_BALANCE {
+                self.full.store(true, Ordering::Relaxed);
+            }
         }
     }
 
     /// Takes one retry if the budget has it.
     pub(crate) fn withdraw(&self, now: Instant) -> bool {
         let Ok(mut balance) = self.state.lock() else { return false };
+        self.full.store(false, Ordering::Relaxed);
         let elapsed = now.saturating_duration_since(balance.refilled_at).as_secs_f64();
         balance.tokens = (balance.tokens + elapsed * MIN_PER_SEC).min(MAX_BALANCE);
         balance.refilled_at = now;

@@ -119,13 +119,17 @@ impl EndpointState {
         silent_ms > threshold
     }
 
+    /// Stores only what changes: every worker's answers from this endpoint come through here, and a store
+    /// of the same value still takes the cache line from the other cores.
     fn observe(&self, rtt: Duration, outcome: Outcome) {
         let now = Instant::now();
-        self.last_progress_ms.store(self.ms_since_epoch(now), Ordering::Relaxed);
-        self.answered_once.store(true, Ordering::Relaxed);
+        store_if_changed(&self.last_progress_ms, self.ms_since_epoch(now));
+        if !self.answered_once.load(Ordering::Relaxed) {
+            self.answered_once.store(true, Ordering::Relaxed);
+        }
         let sample = match outcome {
             Outcome::Success => {
-                self.consecutive_failures.store(0, Ordering::Relaxed);
+                store_if_changed32(&self.consecutive_failures, 0);
                 rtt
             }
             Outcome::Failure => {
@@ -140,7 +144,7 @@ impl EndpointState {
             // Decay the watermark by ~1% per answer, raise it at once to any slower answer.
             let ms = rtt.as_millis() as u64;
             let old = self.slow_watermark_ms.load(Ordering::Relaxed);
-            self.slow_watermark_ms.store(ms.max(old - old / 100), Ordering::Relaxed);
+            store_if_changed(&self.slow_watermark_ms, ms.max(old - old / 100));
         }
     }
 
@@ -150,6 +154,18 @@ impl EndpointState {
 
     fn ms_since_epoch(&self, now: Instant) -> u64 {
         now.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+}
+
+fn store_if_changed(cell: &AtomicU64, value: u64) {
+    if cell.load(Ordering::Relaxed) != value {
+        cell.store(value, Ordering::Relaxed);
+    }
+}
+
+fn store_if_changed32(cell: &AtomicU32, value: u32) {
+    if cell.load(Ordering::Relaxed) != value {
+        cell.store(value, Ordering::Relaxed);
     }
 }
 

@@ -15,6 +15,8 @@
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::sharded::Sharded;
 use std::time::{Duration, Instant};
 
 use crate::endpoint::EndpointState;
@@ -128,7 +130,14 @@ impl Default for LatencyHistogram {
 }
 
 /// The live counters of one (service, group); the request path updates them with relaxed atomics.
+/// A copy per worker thread (see `sharded.rs`).
 pub(crate) struct GroupCounters {
+    counts: Sharded<Counts>,
+}
+
+/// One thread's share of a group's counters.
+#[derive(Default)]
+struct Counts {
     requests: AtomicU64,
     failures: AtomicU64,
     buckets: [AtomicU64; BOUNDS.len() + 1],
@@ -136,25 +145,30 @@ pub(crate) struct GroupCounters {
 
 impl GroupCounters {
     pub(crate) fn new() -> GroupCounters {
-        GroupCounters { requests: AtomicU64::new(0), failures: AtomicU64::new(0), buckets: Default::default() }
+        GroupCounters { counts: Sharded::default() }
     }
 
     fn record(&self, failed: bool, latency: Duration) {
+        let counts = self.counts.local();
         let idx = BOUNDS.iter().position(|bound| latency <= *bound).unwrap_or(BOUNDS.len());
-        self.buckets[idx].fetch_add(1, Ordering::Relaxed);
+        counts.buckets[idx].fetch_add(1, Ordering::Relaxed);
         if failed {
-            self.failures.fetch_add(1, Ordering::Relaxed);
+            counts.failures.fetch_add(1, Ordering::Relaxed);
         }
         // Last, so a reading never shows more failures than requests.
-        self.requests.fetch_add(1, Ordering::Relaxed);
+        counts.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn total(&self, counter: impl Fn(&Counts) -> &AtomicU64) -> u64 {
+        self.counts.all().map(|counts| counter(counts).load(Ordering::Relaxed)).sum()
     }
 
     pub(crate) fn read(&self, group: &str) -> GroupStats {
         // Requests first: a request recorded meanwhile can then only add failures and buckets, never a
         // request without its failure.
-        let requests = self.requests.load(Ordering::Relaxed);
-        let failures = self.failures.load(Ordering::Relaxed).min(requests);
-        let counts = self.buckets.iter().map(|bucket| bucket.load(Ordering::Relaxed)).collect();
+        let requests = self.total(|counts| &counts.requests);
+        let failures = self.total(|counts| &counts.failures).min(requests);
+        let counts = (0..=BOUNDS.len()).map(|idx| self.total(|counts| &counts.buckets[idx])).collect();
         GroupStats {
             group: group.to_owned(),
             requests,
@@ -171,7 +185,7 @@ pub(crate) struct GroupRecord<'a> {
     service: &'a ServiceEntry,
     started: Instant,
     /// The endpoint of the latest attempt; `None` while no attempt has started.
-    pub(crate) endpoint: Option<Arc<EndpointState>>,
+    pub(crate) endpoint: Option<&'a Arc<EndpointState>>,
 }
 
 impl<'a> GroupRecord<'a> {
@@ -186,7 +200,7 @@ impl<'a> GroupRecord<'a> {
 
     fn record(&mut self, failed: bool) {
         let Some(endpoint) = self.endpoint.take() else { return };
-        if let Some(group) = self.service.group_of(&endpoint) {
+        if let Some(group) = self.service.group_of(endpoint) {
             group.stats.record(failed, self.started.elapsed());
         }
     }
@@ -217,13 +231,13 @@ fn render_families(out: &mut String, groups: &[((String, String), Arc<GroupCount
     family(out, REQUESTS, "counter", help)?;
     for ((service, group), counters) in groups {
         let labels = [("service", service.as_str()), ("group", group.as_str())];
-        sample(out, REQUESTS, "", &labels, counters.requests.load(Ordering::Relaxed))?;
+        sample(out, REQUESTS, "", &labels, counters.total(|counts| &counts.requests))?;
     }
     let help = "Of berth_gateway_group_requests_total, those the client got a 5xx for or gave up on.";
     family(out, FAILURES, "counter", help)?;
     for ((service, group), counters) in groups {
         let labels = [("service", service.as_str()), ("group", group.as_str())];
-        sample(out, FAILURES, "", &labels, counters.failures.load(Ordering::Relaxed))?;
+        sample(out, FAILURES, "", &labels, counters.total(|counts| &counts.failures))?;
     }
     Ok(())
 }

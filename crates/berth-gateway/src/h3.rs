@@ -102,7 +102,7 @@ async fn serve_connection(
                     };
                     let (send, recv) = stream.split();
                     let body = request_body(recv).await;
-                    let res = match proxy::handle(shared, client, ingress, peer, req.map(|()| body)).await {
+                    let res = match proxy::handle(&shared, &client, &ingress, peer, req.map(|()| body)).await {
                         Ok(res) => res,
                         Err(never) => match never {},
                     };

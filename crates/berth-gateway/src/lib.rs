@@ -23,6 +23,7 @@ pub mod metrics;
 mod proxy;
 mod ratelimit;
 mod serve_h1;
+mod sharded;
 mod table;
 mod tls;
 mod upstream;

@@ -19,6 +19,8 @@ pub use rate_limit::{KeyClass, PoolMetrics, RateLimitMetrics};
 
 mod rate_limit;
 
+use crate::sharded::Sharded;
+
 /// The metrics of one gateway: a registry of per-route handles plus per-service ejection counters.
 ///
 /// Handles are never removed: a route that leaves the routing table keeps its series (frozen) until the
@@ -53,6 +55,15 @@ pub enum RetryReason {
 /// Arrays are indexed by the position of a label value in `METHODS`, `CODES`, `RETRY_REASONS` and the
 /// latency buckets, which are listed in sorted order so rendering in index order is rendering sorted by label.
 pub struct RouteMetrics {
+    /// What every request moves, a copy per worker thread (see `sharded.rs`).
+    counts: Sharded<RequestCounts>,
+    retries: [AtomicU64; RETRY_REASONS.len()],
+    budget_exhausted: AtomicU64,
+}
+
+/// One thread's share of a route's per-request counters.
+#[derive(Default)]
+struct RequestCounts {
     /// Per method and status class.
     requests: [[AtomicU64; CODES.len()]; METHODS.len()],
     /// Per method: one counter per bucket, the last one being +Inf. Not cumulative; summed at render time so
@@ -61,15 +72,14 @@ pub struct RouteMetrics {
     /// Per method: total latency in microseconds. Microseconds rather than nanoseconds so the sum cannot wrap
     /// in any realistic lifetime (u64 microseconds is over 5,000 years of latency at 100 busy seconds per second).
     sum_micros: [AtomicU64; METHODS.len()],
+    /// Started minus finished on this thread; only the sum over threads is a count.
     in_flight: AtomicI64,
-    retries: [AtomicU64; RETRY_REASONS.len()],
-    budget_exhausted: AtomicU64,
 }
 
 /// A request counted as in flight. `finish` records its status class and latency; dropping it unfinished
 /// (the client went away and the handler future was dropped) records it as `code="cancelled"`.
-pub struct InFlight {
-    route: Arc<RouteMetrics>,
+pub struct InFlight<'r> {
+    route: &'r RouteMetrics,
     method: usize,
     started: Instant,
     /// Set once the request is recorded, so `Drop` does not record it a second time.
@@ -126,9 +136,9 @@ impl Metrics {
 
 impl RouteMetrics {
     /// Counts the request as in flight until the guard is finished or dropped.
-    pub fn start(self: &Arc<Self>, method: &http::Method) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight { route: Arc::clone(self), method: method_idx(method), started: Instant::now(), recorded: false }
+    pub fn start(&self, method: &http::Method) -> InFlight<'_> {
+        self.counts.local().in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight { route: self, method: method_idx(method), started: Instant::now(), recorded: false }
     }
 
     /// Counts a retry on another replica.
@@ -142,27 +152,30 @@ impl RouteMetrics {
     }
 
     fn new() -> RouteMetrics {
-        RouteMetrics {
-            requests: Default::default(),
-            buckets: Default::default(),
-            sum_micros: Default::default(),
-            in_flight: AtomicI64::new(0),
-            retries: Default::default(),
-            budget_exhausted: AtomicU64::new(0),
-        }
+        RouteMetrics { counts: Sharded::default(), retries: Default::default(), budget_exhausted: AtomicU64::new(0) }
     }
 
     fn record(&self, method: usize, code: usize, elapsed: Duration) {
-        self.requests[method][code].fetch_add(1, Ordering::Relaxed);
-        self.buckets[method][bucket_idx(elapsed)].fetch_add(1, Ordering::Relaxed);
+        let counts = self.counts.local();
+        counts.requests[method][code].fetch_add(1, Ordering::Relaxed);
+        counts.buckets[method][bucket_idx(elapsed)].fetch_add(1, Ordering::Relaxed);
         let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-        self.sum_micros[method].fetch_add(micros, Ordering::Relaxed);
+        counts.sum_micros[method].fetch_add(micros, Ordering::Relaxed);
         // Last, so a request is never missing from both the gauge and the counters.
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        counts.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// The sum over threads of one of `RequestCounts`' counters.
+    fn total(&self, counter: impl Fn(&RequestCounts) -> &AtomicU64) -> u64 {
+        self.counts.all().map(|counts| counter(counts).load(Ordering::Relaxed)).sum()
+    }
+
+    fn in_flight(&self) -> i64 {
+        self.counts.all().map(|counts| counts.in_flight.load(Ordering::Relaxed)).sum()
     }
 }
 
-impl InFlight {
+impl InFlight<'_> {
     /// Records the final status (what the client got) and the latency since `start`.
     pub fn finish(self, status: u16) {
         let elapsed = self.started.elapsed();
@@ -176,7 +189,7 @@ impl InFlight {
     }
 }
 
-impl Drop for InFlight {
+impl Drop for InFlight<'_> {
     /// Not finished means the client went away: counted with `code="cancelled"`, latency recorded.
     fn drop(&mut self) {
         if !self.recorded {
@@ -257,7 +270,7 @@ fn render_families(
     for ((service, route), handle) in routes {
         for (method_idx, method) in METHODS.iter().enumerate() {
             for (code_idx, code) in CODES.iter().enumerate() {
-                let n = handle.requests[method_idx][code_idx].load(Ordering::Relaxed);
+                let n = handle.total(|counts| &counts.requests[method_idx][code_idx]);
                 if n > 0 {
                     let labels = [("service", service.as_str()), ("route", route), ("method", method), ("code", code)];
                     sample(out, REQUESTS, "", &labels, n)?;
@@ -275,7 +288,7 @@ fn render_families(
     for ((service, route), handle) in routes {
         for (method_idx, method) in METHODS.iter().enumerate() {
             let counts: [u64; BUCKET_LABELS.len()] =
-                std::array::from_fn(|bucket| handle.buckets[method_idx][bucket].load(Ordering::Relaxed));
+                std::array::from_fn(|bucket| handle.total(|counts| &counts.buckets[method_idx][bucket]));
             let n_total: u64 = counts.iter().sum();
             if n_total == 0 {
                 continue;
@@ -288,7 +301,7 @@ fn render_families(
             }
             let labels = [("service", service.as_str()), ("route", route), ("method", method)];
             // Exact: a u64 of microseconds divided by a power of ten prints as the decimal it stands for.
-            let sum_secs = handle.sum_micros[method_idx].load(Ordering::Relaxed) as f64 / 1e6;
+            let sum_secs = handle.total(|counts| &counts.sum_micros[method_idx]) as f64 / 1e6;
             sample(out, DURATION, "_sum", &labels, sum_secs)?;
             sample(out, DURATION, "_count", &labels, n_total)?;
         }
@@ -297,7 +310,7 @@ fn render_families(
     family(out, IN_FLIGHT, "gauge", "Requests received and not yet answered.")?;
     for ((service, route), handle) in routes {
         let labels = [("service", service.as_str()), ("route", route)];
-        sample(out, IN_FLIGHT, "", &labels, handle.in_flight.load(Ordering::Relaxed))?;
+        sample(out, IN_FLIGHT, "", &labels, handle.in_flight())?;
     }
 
     family(out, RETRIES, "counter", "Attempts retried on another replica, by reason.")?;

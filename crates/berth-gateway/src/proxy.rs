@@ -15,6 +15,7 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
+use smallvec::SmallVec;
 use tracing::debug;
 
 use crate::access_log::{AccessRequest, Destination};
@@ -52,9 +53,9 @@ pub(crate) struct Ingress {
 }
 
 pub(crate) async fn handle(
-    shared: Arc<Shared>,
-    client: UpstreamClient,
-    ingress: Arc<Ingress>,
+    shared: &Arc<Shared>,
+    client: &UpstreamClient,
+    ingress: &Arc<Ingress>,
     peer: SocketAddr,
     req: Request<ClientBody>,
 ) -> Result<Response<ResBody>, Infallible> {
@@ -62,8 +63,8 @@ pub(crate) async fn handle(
     let access = shared.config.access_log.then(|| AccessRequest::new(&req, peer));
     let snapshot = shared.snapshot();
     let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).or(req.uri().host());
-    let Some(service) = snapshot.service_for(host).cloned() else {
-        let res = with_alt_svc(ProxyError::NoRoute.into_response(), &ingress);
+    let Some(service) = snapshot.service_for(host) else {
+        let res = with_alt_svc(ProxyError::NoRoute.into_response(), ingress);
         if let Some(access) = access {
             access.log(None, &res, started.elapsed());
         }
@@ -76,9 +77,9 @@ pub(crate) async fn handle(
     };
     let res = match location {
         Some(location) => redirect_response(location),
-        None => handle_route(&shared, &client, &service, route, &ingress, peer, req, started).await,
+        None => handle_route(shared, client, service, route, ingress, peer, req, started).await,
     };
-    let res = with_alt_svc(res, &ingress);
+    let res = with_alt_svc(res, ingress);
     if let Some(access) = access {
         access.log(Some(Destination { service: &service.name, route: &route.prefix }), &res, started.elapsed());
     }
@@ -232,11 +233,11 @@ fn cookie<'h>(headers: &'h http::HeaderMap, name: &str) -> Option<&'h str> {
 }
 
 /// The attempt loop; `last_endpoint` follows the endpoint of the latest attempt.
-async fn attempt_all(
-    target: Target<'_>,
+async fn attempt_all<'a>(
+    target: Target<'a>,
     mut req: Request<Option<ClientBody>>,
     started: Instant,
-    last_endpoint: &mut Option<Arc<EndpointState>>,
+    last_endpoint: &mut Option<&'a Arc<EndpointState>>,
 ) -> Result<Response<ResBody>, ProxyError> {
     let Target { shared, client, service, route, groups, ingress, peer } = target;
     let deadline = started + route.timeout;
@@ -263,7 +264,7 @@ async fn attempt_all(
     let path_and_query =
         parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     parts.uri = http::Uri::from(path_and_query);
-    let mut tried: Vec<Arc<EndpointState>> = Vec::new();
+    let mut tried: SmallVec<[&Arc<EndpointState>; 4]> = SmallVec::new();
     let mut last_error = match groups {
         Groups::Shared | Groups::Prefer(_) => ProxyError::NoUpstream { service: service.name.clone() },
         Groups::Pool(pool) => ProxyError::NoPoolUpstream { service: service.name.clone(), pool: pool.to_owned() },
@@ -283,7 +284,7 @@ async fn attempt_all(
         };
 
         let attempt = endpoint.begin();
-        *last_endpoint = Some(endpoint.clone());
+        *last_endpoint = Some(endpoint);
         let remaining = deadline - now;
         let per_try = route.per_try_timeout.map_or(remaining, |t| t.min(remaining));
         let watch_ejection = idempotent && replayable;
@@ -316,7 +317,7 @@ async fn attempt_all(
                 }
             }
         };
-        tried.push(endpoint.clone());
+        tried.push(endpoint);
         // A retry needs somewhere to go: with every replica tried, the replica's own answer stands and no
         // budget is spent.
         let retry_ok = |reason| {
@@ -330,7 +331,7 @@ async fn attempt_all(
                 let status = res.status();
                 if status.is_server_error() {
                     attempt.finish(Outcome::Failure);
-                    shared.after_failure(service, &endpoint);
+                    shared.after_failure(service, endpoint);
                 } else {
                     attempt.finish(Outcome::Success);
                 }
@@ -343,7 +344,7 @@ async fn attempt_all(
             }
             Attempted::NeverSent(detail) => {
                 attempt.finish(Outcome::Failure);
-                shared.after_failure(service, &endpoint);
+                shared.after_failure(service, endpoint);
                 last_error = ProxyError::Upstream(detail);
                 if !replayable {
                     return Err(last_error);
@@ -352,7 +353,7 @@ async fn attempt_all(
             }
             Attempted::Failed(detail) => {
                 attempt.finish(Outcome::Failure);
-                shared.after_failure(service, &endpoint);
+                shared.after_failure(service, endpoint);
                 last_error = ProxyError::Upstream(detail);
                 if !retry_ok(RetryReason::Status5xx) {
                     return Err(last_error);
@@ -365,7 +366,7 @@ async fn attempt_all(
             }
             Attempted::TimedOut => {
                 attempt.finish(Outcome::Failure);
-                shared.after_failure(service, &endpoint);
+                shared.after_failure(service, endpoint);
                 last_error = ProxyError::Timeout;
                 if per_try >= remaining || !retry_ok(RetryReason::PerTryTimeout) {
                     return Err(last_error);

@@ -32,6 +32,7 @@ use http_body_util::{BodyExt, Either, Empty, Full};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
+use tokio_util::io::poll_read_buf;
 
 use crate::proxy::ClientBody;
 
@@ -128,38 +129,45 @@ impl Conn {
                     Ok(None) | Err(Unusual) => return Err(Stop::Handover),
                 }
             }
-            self.buf.reserve(READ_CHUNK);
-            match self.stream.try_read_buf(&mut self.buf) {
+            match self.read_more(&mut deadline).await {
                 // A head cut short: hyper tells the client, as it would have.
-                Ok(0) if self.buf.is_empty() => return Err(Stop::Closed),
-                Ok(0) => return Err(Stop::Handover),
-                Ok(_) => {}
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                    let deadline = *deadline.get_or_insert_with(|| Instant::now() + self.limits.header_read_timeout);
-                    if !self.readable_before(deadline).await {
-                        return Err(Stop::Closed);
-                    }
-                }
-                Err(_) => return Err(Stop::Closed),
+                Some(Ok(0)) if self.buf.is_empty() => return Err(Stop::Closed),
+                Some(Ok(0)) => return Err(Stop::Handover),
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return Err(Stop::Closed),
             }
         }
     }
 
-    /// Waits until the client sends something; `false` at the deadline or on a socket error.
-    async fn readable_before(&mut self, deadline: Instant) -> bool {
-        let deadline = tokio::time::Instant::from_std(deadline);
-        let timer = match &mut self.timer {
-            Some(timer) => {
-                timer.as_mut().reset(deadline);
-                timer
+    /// Reads what the client has sent; `None` when `deadline` (set, and the timer armed, the first time the
+    /// client keeps the wait going) passes first.
+    ///
+    /// Reads go through `AsyncRead`, not `try_read`: after a short read tokio knows the socket is drained
+    /// and the next wait costs no `recv` that only says `EAGAIN`.
+    async fn read_more(&mut self, deadline: &mut Option<Instant>) -> Option<io::Result<usize>> {
+        self.buf.reserve(READ_CHUNK);
+        poll_fn(|cx| {
+            if let Poll::Ready(read) = poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.buf) {
+                return Poll::Ready(Some(read));
             }
-            None => self.timer.insert(Box::pin(tokio::time::sleep_until(deadline))),
-        };
-        tokio::select! {
-            biased;
-            readable = self.stream.readable() => readable.is_ok(),
-            () = timer.as_mut() => false,
-        }
+            let timer = match (deadline.is_some(), &mut self.timer) {
+                (true, Some(timer)) => timer,
+                (_, timer) => {
+                    let at = tokio::time::Instant::from_std(
+                        *deadline.insert(Instant::now() + self.limits.header_read_timeout),
+                    );
+                    match timer {
+                        Some(timer) => {
+                            timer.as_mut().reset(at);
+                            timer
+                        }
+                        None => timer.insert(Box::pin(tokio::time::sleep_until(at))),
+                    }
+                }
+            };
+            timer.as_mut().poll(cx).map(|()| None)
+        })
+        .await
     }
 
     /// Runs a request's future while watching the client: bytes it sends meanwhile (a pipelined request)
@@ -171,18 +179,11 @@ impl Conn {
                 return Poll::Ready(Some(out));
             }
             while watching {
-                match self.stream.poll_read_ready(cx) {
+                self.buf.reserve(READ_CHUNK);
+                match poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.buf) {
                     Poll::Pending => break,
-                    Poll::Ready(Err(_)) => return Poll::Ready(None),
-                    Poll::Ready(Ok(())) => {
-                        self.buf.reserve(READ_CHUNK);
-                        match self.stream.try_read_buf(&mut self.buf) {
-                            Ok(0) => return Poll::Ready(None),
-                            Ok(_) => watching = self.buf.len() <= self.limits.max_head,
-                            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                            Err(_) => return Poll::Ready(None),
-                        }
-                    }
+                    Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(None),
+                    Poll::Ready(Ok(_)) => watching = self.buf.len() <= self.limits.max_head,
                 }
             }
             Poll::Pending

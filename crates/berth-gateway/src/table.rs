@@ -1,6 +1,7 @@
 //! The routing table: what `berth-deploy` hands the gateway (plain data), and the compiled snapshot the
 //! request path reads. A snapshot is immutable; an update builds a new one and swaps it in.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -142,6 +143,7 @@ pub struct Upstream {
     pub weight: u32,
 }
 
+#[derive(Clone)]
 pub(crate) struct Snapshot {
     by_host: HashMap<String, Arc<ServiceEntry>>,
     default: Option<Arc<ServiceEntry>>,
@@ -229,7 +231,7 @@ impl Registry {
             let entry = Arc::new(self.compile_service(service, metrics, &mut seen, &mut limiters));
             by_host.insert(format!("{}.localhost", service.name), entry.clone());
             for host in &service.hosts {
-                by_host.insert(normalize_host(host), entry.clone());
+                by_host.insert(normalize_host(host).into_owned(), entry.clone());
             }
             by_name.insert(service.name.clone(), entry);
         }
@@ -336,7 +338,7 @@ impl Snapshot {
     }
 
     pub(crate) fn service_for(&self, host: Option<&str>) -> Option<&Arc<ServiceEntry>> {
-        host.and_then(|host| self.by_host.get(&normalize_host(host))).or(self.default.as_ref())
+        host.and_then(|host| self.by_host.get(normalize_host(host).as_ref())).or(self.default.as_ref())
     }
 
     /// Every service once.
@@ -389,7 +391,7 @@ pub(crate) fn prefix_matches(prefix: &str, path: &str) -> bool {
 }
 
 /// Lowercase, without port and trailing dot; `[::1]:80` keeps its brackets.
-pub(crate) fn normalize_host(host: &str) -> String {
+pub(crate) fn normalize_host(host: &str) -> Cow<'_, str> {
     let without_port = if host.starts_with('[') {
         host.split_inclusive(']').next().unwrap_or(host)
     } else {
@@ -398,7 +400,13 @@ pub(crate) fn normalize_host(host: &str) -> String {
             _ => host,
         }
     };
-    without_port.trim_end_matches('.').to_ascii_lowercase()
+    let name = without_port.trim_end_matches('.');
+    // Most clients send the name in lower case already: no copy then.
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(name)
+    }
 }
 
 #[cfg(test)]

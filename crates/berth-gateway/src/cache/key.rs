@@ -28,7 +28,7 @@ impl Key {
         Key {
             service: service.to_owned(),
             method: method.clone(),
-            host: host.map(normalize_host).unwrap_or_default(),
+            host: host.map(|host| normalize_host(host).into_owned()).unwrap_or_default(),
             target: uri.path_and_query().map_or("/", |target| target.as_str()).to_owned(),
             vary: None,
         }

@@ -372,20 +372,30 @@ fn check(events: &[Event], expected: &str) {
 /// Replays events (latencies injected, so the rendering is exact) and renders with requests still pending.
 fn render(events: &[Event]) -> String {
     let metrics = Metrics::new();
+    // The handles of pending requests, registered in event order as they come; the guards borrow them.
+    let pending_routes: Vec<_> = events
+        .iter()
+        .map(|event| match *event {
+            Event::Pending { service, route, .. } => Some(metrics.route(service, route)),
+            _ => None,
+        })
+        .collect();
     let mut pending = Vec::new();
     let method = |name: &str| Method::from_bytes(name.as_bytes()).expect("tests use valid method tokens");
-    for event in events {
+    for (event, pending_route) in events.iter().zip(&pending_routes) {
         match *event {
             Event::Finish { service, route, method: name, status, micros } => {
-                let guard = metrics.route(service, route).start(&method(name));
-                guard.record(status_class_idx(status), Duration::from_micros(micros));
+                let handle = metrics.route(service, route);
+                handle.start(&method(name)).record(status_class_idx(status), Duration::from_micros(micros));
             }
             Event::Cancel { service, route, method: name, micros } => {
-                let guard = metrics.route(service, route).start(&method(name));
-                guard.record(CANCELLED, Duration::from_micros(micros));
+                let handle = metrics.route(service, route);
+                handle.start(&method(name)).record(CANCELLED, Duration::from_micros(micros));
             }
-            Event::Pending { service, route, method: name } => {
-                pending.push(metrics.route(service, route).start(&method(name)));
+            Event::Pending { method: name, .. } => {
+                if let Some(handle) = pending_route {
+                    pending.push(handle.start(&method(name)));
+                }
             }
             Event::Retry(service, route, reason) => metrics.route(service, route).retry(reason),
             Event::BudgetExhausted(service, route) => metrics.route(service, route).budget_exhausted(),
