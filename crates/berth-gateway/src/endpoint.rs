@@ -1,11 +1,11 @@
 //! Live state of one upstream endpoint (a replica instance), shared by every routing-table snapshot that
 //! lists it: in-flight count, a peak-EWMA latency cost, failure streak, ejection and stall bookkeeping.
 //!
-//! Everything a request touches is an atomic or an uncontended mutex; snapshots come and go, this state
-//! stays for as long as the endpoint is in a table or has requests in flight.
+//! Everything a request touches is an atomic (no lock: every worker's requests to the endpoint come
+//! through here); snapshots come and go, this state stays for as long as the endpoint is in a table or has
+//! requests in flight.
 
 use std::net::SocketAddr;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -27,7 +27,11 @@ pub(crate) struct EndpointState {
     pub(crate) authority: http::uri::Authority,
     epoch: Instant,
     outstanding: AtomicU32,
-    cost: Mutex<PeakEwma>,
+    /// The peak-EWMA cost (`f64` bits, nanoseconds) and when it was last updated (nanoseconds since
+    /// `epoch`). Two answers observed at the same moment may overwrite each other: one sample of a moving
+    /// average lost, which a lock on every answer would cost more than it is worth.
+    cost_bits: AtomicU64,
+    cost_stamp_ns: AtomicU64,
     consecutive_failures: AtomicU32,
     /// Milliseconds since `epoch`; 0 = not ejected.
     ejected_until_ms: AtomicU64,
@@ -58,7 +62,8 @@ impl EndpointState {
             authority,
             epoch,
             outstanding: AtomicU32::new(0),
-            cost: Mutex::new(PeakEwma { cost_ns: DEFAULT_RTT.as_nanos() as f64, stamp: Instant::now() }),
+            cost_bits: AtomicU64::new((DEFAULT_RTT.as_nanos() as f64).to_bits()),
+            cost_stamp_ns: AtomicU64::new(Instant::now().saturating_duration_since(epoch).as_nanos() as u64),
             consecutive_failures: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
             ejections: AtomicU32::new(0),
@@ -75,8 +80,7 @@ impl EndpointState {
 
     /// Load score for power-of-two-choices: latency cost weighted by work in flight. Lower is better.
     pub(crate) fn load(&self, now: Instant) -> f64 {
-        let cost = self.cost.lock().map(|mut ewma| ewma.current(now)).unwrap_or(DEFAULT_RTT.as_nanos() as f64);
-        cost * f64::from(self.outstanding() + 1)
+        self.ewma().current(now) * f64::from(self.outstanding() + 1)
     }
 
     /// Marks a request as sent to this endpoint until the guard drops.
@@ -137,14 +141,22 @@ impl EndpointState {
                 rtt.max(FAILURE_PENALTY)
             }
         };
-        if let Ok(mut ewma) = self.cost.lock() {
-            ewma.observe(sample, now);
-        }
+        let mut ewma = self.ewma();
+        ewma.observe(sample, now);
+        self.cost_bits.store(ewma.cost_ns.to_bits(), Ordering::Relaxed);
+        self.cost_stamp_ns.store(ewma.stamp.saturating_duration_since(self.epoch).as_nanos() as u64, Ordering::Relaxed);
         if outcome == Outcome::Success {
             // Decay the watermark by ~1% per answer, raise it at once to any slower answer.
             let ms = rtt.as_millis() as u64;
             let old = self.slow_watermark_ms.load(Ordering::Relaxed);
             store_if_changed(&self.slow_watermark_ms, ms.max(old - old / 100));
+        }
+    }
+
+    fn ewma(&self) -> PeakEwma {
+        PeakEwma {
+            cost_ns: f64::from_bits(self.cost_bits.load(Ordering::Relaxed)),
+            stamp: self.epoch + Duration::from_nanos(self.cost_stamp_ns.load(Ordering::Relaxed)),
         }
     }
 
@@ -195,7 +207,7 @@ struct PeakEwma {
 }
 
 impl PeakEwma {
-    fn current(&mut self, now: Instant) -> f64 {
+    fn current(&self, now: Instant) -> f64 {
         self.cost_ns * (-(now.saturating_duration_since(self.stamp).as_secs_f64()) / DECAY.as_secs_f64()).exp().max(0.0)
     }
 

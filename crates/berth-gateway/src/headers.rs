@@ -26,25 +26,26 @@ pub(crate) struct Forwarding<'a> {
 /// The fields the gateway adds to a request on its way to a replica. They stay out of the request's map:
 /// the HTTP/1.1 encoder writes them straight after the client's fields (`upstream/h1.rs`), h2c puts them
 /// into its copy of the map (`insert_into`).
-pub(crate) struct Added {
+/// New ids are bytes in place, not `HeaderValue`s: nothing is allocated for them on the way to a replica.
+pub(crate) struct Added<'a> {
     forwarded_for: Option<HeaderValue>,
-    proto: HeaderValue,
+    proto: &'static str,
     forwarded_host: Option<HeaderValue>,
-    source: HeaderValue,
+    source: &'a HeaderValue,
     /// Only when the client sent none (or a bad one); a good one stays in the map.
-    request_id: Option<HeaderValue>,
-    traceparent: Option<HeaderValue>,
+    request_id: Option<[u8; REQUEST_ID_LEN]>,
+    traceparent: Option<[u8; TRACEPARENT_LEN]>,
 }
 
-impl Added {
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (HeaderName, &HeaderValue)> {
+impl Added<'_> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (HeaderName, &[u8])> {
         [
-            (X_FORWARDED_FOR, self.forwarded_for.as_ref()),
-            (X_FORWARDED_PROTO, Some(&self.proto)),
-            (X_FORWARDED_HOST, self.forwarded_host.as_ref()),
-            (X_SOURCE, Some(&self.source)),
-            (X_REQUEST_ID, self.request_id.as_ref()),
-            (TRACEPARENT, self.traceparent.as_ref()),
+            (X_FORWARDED_FOR, self.forwarded_for.as_ref().map(HeaderValue::as_bytes)),
+            (X_FORWARDED_PROTO, Some(self.proto.as_bytes())),
+            (X_FORWARDED_HOST, self.forwarded_host.as_ref().map(HeaderValue::as_bytes)),
+            (X_SOURCE, Some(self.source.as_bytes())),
+            (X_REQUEST_ID, self.request_id.as_ref().map(|id| &id[..])),
+            (TRACEPARENT, self.traceparent.as_ref().map(|value| &value[..])),
         ]
         .into_iter()
         .filter_map(|(name, value)| Some((name, value?)))
@@ -52,19 +53,25 @@ impl Added {
 
     pub(crate) fn insert_into(&self, headers: &mut HeaderMap) {
         for (name, value) in self.iter() {
-            headers.insert(name, value.clone());
+            if let Ok(value) = HeaderValue::from_bytes(value) {
+                headers.insert(name, value);
+            }
         }
     }
 }
 
+const REQUEST_ID_LEN: usize = 32;
+/// `00-<32 hex trace id>-<16 hex parent id>-01`
+const TRACEPARENT_LEN: usize = 55;
+
 /// Rewrites a request's headers for the upstream: hop-by-hop fields and whatever a client may not set
 /// (`X-Forwarded-*`, `X-Source`, a bad `X-Request-Id` or `traceparent`) leave the map, and what the gateway
 /// sets instead comes back as `Added`, with the request id (kept or new) to echo to the client.
-pub(crate) fn rewrite_request(
+pub(crate) fn rewrite_request<'a>(
     headers: &mut HeaderMap,
-    forwarding: &Forwarding<'_>,
+    forwarding: &Forwarding<'a>,
     upgrade: bool,
-) -> (HeaderValue, Added) {
+) -> (HeaderValue, Added<'a>) {
     let te_trailers = headers.get(header::TE).is_some_and(|te| te.to_str().is_ok_and(|te| te.contains("trailers")));
     remove_hop_by_hop(headers, upgrade);
     if te_trailers {
@@ -87,7 +94,7 @@ pub(crate) fn rewrite_request(
             Ok(prior) => HeaderValue::try_from(format!("{prior}, {}", forwarding.client_ip)).ok(),
             Err(_) => Some(ip_value(forwarding.client_ip)),
         },
-        None => Some(ip_value(forwarding.client_ip)),
+        None => Some(client_ip_value(forwarding.client_ip)),
     };
     for (present, name) in [(xfp, X_FORWARDED_PROTO), (xfh, X_FORWARDED_HOST), (source, X_SOURCE)] {
         if present {
@@ -101,8 +108,9 @@ pub(crate) fn rewrite_request(
             if request_id {
                 headers.remove(&X_REQUEST_ID);
             }
-            let id = new_request_id();
-            (id.clone(), Some(id))
+            let mut id = [0u8; REQUEST_ID_LEN];
+            fill_hex(&mut id);
+            (HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("0")), Some(id))
         }
     };
     let trace_ok =
@@ -113,17 +121,16 @@ pub(crate) fn rewrite_request(
         if traceparent {
             headers.remove(&TRACEPARENT);
         }
-        // `00-<32 hex trace id>-<16 hex parent id>-01`
         let mut value = *b"00-00000000000000000000000000000000-0000000000000000-01";
         fill_hex(&mut value[3..35]);
         fill_hex(&mut value[36..52]);
-        HeaderValue::from_bytes(&value).ok()
+        Some(value)
     };
     let added = Added {
         forwarded_for,
-        proto: HeaderValue::from_static(forwarding.proto),
+        proto: forwarding.proto,
         forwarded_host: headers.get(header::HOST).cloned(),
-        source: forwarding.source.clone(),
+        source: forwarding.source,
         request_id: new_id,
         traceparent: new_traceparent,
     };
@@ -212,6 +219,22 @@ fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 }
 
 /// An IP address as a header value, without `fmt` for IPv4 (on every request for `X-Forwarded-For`).
+/// `ip_value` of the client, kept per thread for the last address seen: a connection's requests (and a
+/// busy client's connections) share one value instead of formatting and allocating it each time.
+fn client_ip_value(ip: IpAddr) -> HeaderValue {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(IpAddr, HeaderValue)>> = const { std::cell::RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| match last {
+        Some((seen, value)) if *seen == ip => value.clone(),
+        _ => {
+            let value = ip_value(ip);
+            *last = Some((ip, value.clone()));
+            value
+        }
+    })
+}
+
 fn ip_value(ip: IpAddr) -> HeaderValue {
     let IpAddr::V4(v4) = ip else {
         return HeaderValue::try_from(ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"));
@@ -249,7 +272,7 @@ pub(crate) fn request_id(headers: &HeaderMap) -> HeaderValue {
 
 /// 32 lowercase hex digits.
 fn new_request_id() -> HeaderValue {
-    let mut id = [0u8; 32];
+    let mut id = [0u8; REQUEST_ID_LEN];
     fill_hex(&mut id);
     HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("0"))
 }

@@ -128,7 +128,7 @@ impl UpstreamClient {
         addr: SocketAddr,
         authority: &http::uri::Authority,
         protocol: UpstreamProtocol,
-        head: (&http::request::Parts, &Added),
+        head: (&http::request::Parts, &Added<'_>),
         body: ReqBody,
     ) -> Result<Response<UpstreamBody>, SendError> {
         let (head, added) = head;
@@ -360,7 +360,7 @@ pub(crate) mod tests {
     }
 
     /// What `rewrite_request` adds to a request with no fields of its own.
-    pub(crate) fn added() -> Added {
+    pub(crate) fn added() -> Added<'static> {
         static EXTERNAL: http::HeaderValue = http::HeaderValue::from_static("external");
         let forwarding =
             crate::headers::Forwarding { client_ip: [127, 0, 0, 1].into(), proto: "http", source: &EXTERNAL };

@@ -370,7 +370,7 @@ pub(crate) struct Outgoing {
 impl Outgoing {
     /// `req` as HTTP/1.1: origin-form target, its fields (`Host` included) in order, and framing of the
     /// gateway's own (`Content-Length` for a known size, else chunked).
-    pub(crate) fn new(parts: &http::request::Parts, added: &Added, body: ReqBody) -> Outgoing {
+    pub(crate) fn new(parts: &http::request::Parts, added: &Added<'_>, body: ReqBody) -> Outgoing {
         let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
         let declared =
             parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
@@ -397,12 +397,12 @@ impl Outgoing {
             }
         }
         for (name, value) in added.iter() {
-            write_field(&mut wire, &name, value);
+            write_raw_field(&mut wire, &name, value);
         }
         match (length, &streamed) {
             (Some(length), _) => {
                 wire.extend_from_slice(b"content-length: ");
-                wire.extend_from_slice(length.to_string().as_bytes());
+                wire.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
                 wire.extend_from_slice(b"\r\n");
             }
             (None, Some(_)) => wire.extend_from_slice(b"transfer-encoding: chunked\r\n"),
@@ -424,9 +424,13 @@ fn full_bytes(mut full: Full<Bytes>) -> Bytes {
 }
 
 fn write_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    write_raw_field(out, name, value.as_bytes());
+}
+
+fn write_raw_field(out: &mut Vec<u8>, name: &HeaderName, value: &[u8]) {
     out.extend_from_slice(name.as_str().as_bytes());
     out.extend_from_slice(b": ");
-    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
 }
 
