@@ -20,6 +20,7 @@ use crate::framing::FramingGuard;
 use crate::group_stats::GroupStats;
 use crate::metrics::{EjectReason, Metrics, RetryReason};
 use crate::proxy::{self, Ingress};
+use crate::spread::{Handoff, Spread};
 use crate::table::{Registry, RouteEntry, RoutingTable, ServiceEntry, Snapshot};
 use crate::tls::{Tls, TlsConfig};
 use crate::upstream::UpstreamClient;
@@ -194,7 +195,8 @@ impl Gateway {
 
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let n_workers = self.shared.config.workers.max(1);
-        for worker in 0..n_workers {
+        let (spread, inboxes) = Spread::new(n_workers);
+        for (worker, inbox) in inboxes.into_iter().enumerate() {
             let sockets = WorkerSockets {
                 http: http.as_ref().map(|listener| listener.try_clone()).transpose()?.map(|l| (l, plain.clone())),
                 https: match (&https, &acceptor) {
@@ -204,12 +206,13 @@ impl Gateway {
             };
             let shared = self.shared.clone();
             let stop_rx = stop_rx.clone();
+            let spread = Worker { index: worker, spread: spread.clone(), inbox };
             std::thread::Builder::new().name(format!("berth-gateway-{worker}")).spawn(move || {
                 let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                     Ok(runtime) => runtime,
                     Err(error) => return warn!(error = %error, "cannot start a gateway worker"),
                 };
-                runtime.block_on(worker_loop(shared, sockets, stop_rx));
+                runtime.block_on(worker_loop(shared, sockets, spread, stop_rx));
             })?;
         }
         // Dropping this future (the daemon stopping the gateway) stops the workers and the QUIC endpoint.
@@ -375,8 +378,20 @@ struct Servers {
     h1: serve_h1::Limits,
 }
 
+/// Which worker this is, and its share of the connections (see `spread.rs`).
+struct Worker {
+    index: usize,
+    spread: Arc<Spread>,
+    inbox: tokio::sync::mpsc::UnboundedReceiver<Handoff>,
+}
+
 /// One gateway worker: accepts connections on its own runtime and serves them with its own client.
-async fn worker_loop(shared: Arc<Shared>, sockets: WorkerSockets, mut stop: tokio::sync::watch::Receiver<bool>) {
+async fn worker_loop(
+    shared: Arc<Shared>,
+    sockets: WorkerSockets,
+    mut worker: Worker,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let to_tokio = |listener: std::net::TcpListener| match TcpListener::from_std(listener) {
         Ok(listener) => Some(listener),
         Err(error) => {
@@ -390,9 +405,11 @@ async fn worker_loop(shared: Arc<Shared>, sockets: WorkerSockets, mut stop: toki
     let servers = Arc::new(servers(&shared.config));
     loop {
         let (accepted, tls) = tokio::select! {
-            accepted = accept(http.as_ref().map(|(listener, _)| listener)) => (accepted, None),
-            accepted = accept(https.as_ref().map(|(listener, _, _)| listener)) => {
-                (accepted, https.as_ref().map(|(_, acceptor, ingress)| (acceptor.clone(), ingress.clone())))
+            accepted = accept(http.as_ref().map(|(listener, _)| listener)) => (accepted, false),
+            accepted = accept(https.as_ref().map(|(listener, _, _)| listener)) => (accepted, true),
+            Some(handoff) = worker.inbox.recv() => {
+                let Handoff { stream, peer, tls } = handoff;
+                (TcpStream::from_std(stream).map(|stream| (stream, peer)), tls)
             }
             _ = stop.changed() => return,
         };
@@ -405,18 +422,39 @@ async fn worker_loop(shared: Arc<Shared>, sockets: WorkerSockets, mut stop: toki
                 continue;
             }
         };
+        let stream = match worker.spread.elsewhere(worker.index) {
+            Some(to) => match stream.into_std().map(|stream| worker.spread.hand_off(to, Handoff { stream, peer, tls }))
+            {
+                Ok(Ok(())) => continue,
+                Ok(Err(Handoff { stream, .. })) => match TcpStream::from_std(stream) {
+                    Ok(stream) => stream,
+                    Err(_) => continue,
+                },
+                Err(_) => continue,
+            },
+            None => stream,
+        };
         let _ = stream.set_nodelay(true);
+        let live = worker.spread.open(worker.index);
         let shared = shared.clone();
         let client = client.clone();
         let servers = servers.clone();
-        match tls {
-            None => {
-                let Some((_, ingress)) = &http else { continue };
-                tokio::spawn(serve_plain(shared, client, servers, ingress.clone(), stream, peer));
+        match (tls, &http, &https) {
+            (false, Some((_, ingress)), _) => {
+                let ingress = ingress.clone();
+                tokio::spawn(async move {
+                    serve_plain(shared, client, servers, ingress, stream, peer).await;
+                    drop(live);
+                });
             }
-            Some((acceptor, ingress)) => {
-                tokio::spawn(serve_tls(shared, client, servers, ingress, acceptor, stream, peer));
+            (true, _, Some((_, acceptor, ingress))) => {
+                let (acceptor, ingress) = (acceptor.clone(), ingress.clone());
+                tokio::spawn(async move {
+                    serve_tls(shared, client, servers, ingress, acceptor, stream, peer).await;
+                    drop(live);
+                });
             }
+            _ => {}
         }
     }
 }

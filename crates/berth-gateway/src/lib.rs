@@ -24,6 +24,7 @@ mod proxy;
 mod ratelimit;
 mod serve_h1;
 mod sharded;
+mod spread;
 mod table;
 mod tls;
 mod upstream;

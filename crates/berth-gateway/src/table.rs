@@ -3,6 +3,8 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
+
+use rustc_hash::FxHashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -145,7 +147,8 @@ pub struct Upstream {
 
 #[derive(Clone)]
 pub(crate) struct Snapshot {
-    by_host: HashMap<String, Arc<ServiceEntry>>,
+    /// Fx-hashed: looked up by every request; the keys come from the table, never from clients.
+    by_host: FxHashMap<String, Arc<ServiceEntry>>,
     default: Option<Arc<ServiceEntry>>,
 }
 
@@ -223,7 +226,7 @@ impl Registry {
 
     /// Compiles `table`, reusing the live state of endpoints it already knew.
     pub(crate) fn compile(&mut self, table: &RoutingTable, metrics: &Metrics) -> Snapshot {
-        let mut by_host = HashMap::new();
+        let mut by_host = FxHashMap::default();
         let mut by_name = HashMap::new();
         let mut seen = Vec::new();
         let mut limiters = HashMap::new();
@@ -334,7 +337,7 @@ impl Registry {
 
 impl Snapshot {
     pub(crate) fn empty() -> Snapshot {
-        Snapshot { by_host: HashMap::new(), default: None }
+        Snapshot { by_host: FxHashMap::default(), default: None }
     }
 
     pub(crate) fn service_for(&self, host: Option<&str>) -> Option<&Arc<ServiceEntry>> {

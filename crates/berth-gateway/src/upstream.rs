@@ -12,7 +12,7 @@
 
 mod h1;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
@@ -27,6 +27,8 @@ use hyper::client::conn::{TrySendError, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tracing::debug;
+
+use rustc_hash::FxHashMap;
 
 use crate::headers::Added;
 use crate::proxy::ReqBody;
@@ -96,8 +98,8 @@ pub(crate) struct UpstreamClient {
 
 pub(crate) struct Pool {
     idle_timeout: Duration,
-    http1: Mutex<HashMap<SocketAddr, VecDeque<Idle>>>,
-    h2c: Mutex<HashMap<SocketAddr, http2::SendRequest<ReqBody>>>,
+    http1: Mutex<FxHashMap<SocketAddr, VecDeque<Idle>>>,
+    h2c: Mutex<FxHashMap<SocketAddr, http2::SendRequest<ReqBody>>>,
 }
 
 struct Idle {
