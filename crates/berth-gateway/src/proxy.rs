@@ -117,7 +117,8 @@ async fn handle_route(
     }
     let target = Target { shared, client, service, route, groups, ingress, peer };
     let res = match &route.cache {
-        Some(cached) => Ok(crate::cache::serve(target, cached, req, started).await),
+        // Boxed: the cache path's future is large, and inline it would make every request's future as large.
+        Some(cached) => Ok(Box::pin(crate::cache::serve(target, cached, req, started)).await),
         None => proxy(target, req.map(Some), started).await,
     };
     let mut res = match res {

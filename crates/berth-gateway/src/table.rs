@@ -238,8 +238,10 @@ impl Registry {
             }
             by_name.insert(service.name.clone(), entry);
         }
-        // Forget endpoints that left every table once nothing holds them (no request in flight).
-        self.endpoints.retain(|instance, state| seen.contains(instance) || Arc::strong_count(state) > 1);
+        // Forget endpoints that left the table once no request is in flight on them. (Not by reference
+        // count: each worker thread keeps its copy of the last snapshot until its next request, so an
+        // instance that comes back must not find the state, ejection included, of its predecessor.)
+        self.endpoints.retain(|instance, state| seen.contains(instance) || state.outstanding() > 0);
         self.budgets.retain(|name, _| by_name.contains_key(name));
         // A group that leaves keeps its counters while its service stays: a canary rolled back still has its
         // numbers, and one that comes back continues them.
