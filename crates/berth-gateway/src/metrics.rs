@@ -137,8 +137,13 @@ impl Metrics {
 impl RouteMetrics {
     /// Counts the request as in flight until the guard is finished or dropped.
     pub fn start(&self, method: &http::Method) -> InFlight<'_> {
+        self.start_at(method, Instant::now())
+    }
+
+    /// `start` for a request received at `started` (the request path has read the clock already).
+    pub(crate) fn start_at(&self, method: &http::Method, started: Instant) -> InFlight<'_> {
         self.counts.local().in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight { route: self, method: method_idx(method), started: Instant::now(), recorded: false }
+        InFlight { route: self, method: method_idx(method), started, recorded: false }
     }
 
     /// Counts a retry on another replica.

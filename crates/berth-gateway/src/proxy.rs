@@ -98,7 +98,7 @@ async fn handle_route(
     req: Request<ClientBody>,
     started: Instant,
 ) -> Response<ResBody> {
-    let in_flight = route.metrics.start(req.method());
+    let in_flight = route.metrics.start_at(req.method(), started);
     let admission = match ratelimit::admit(route, req.headers(), peer.ip(), &shared.config.source) {
         Ok(admission) => admission,
         Err(rejected) => {
@@ -266,21 +266,25 @@ async fn attempt_all<'a>(
         parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     parts.uri = http::Uri::from(path_and_query);
     let mut tried: SmallVec<[&Arc<EndpointState>; 4]> = SmallVec::new();
-    let mut last_error = match groups {
+    // The error to answer with when no attempt can be made; made only then (it copies names).
+    let no_upstream = || match groups {
         Groups::Shared | Groups::Prefer(_) => ProxyError::NoUpstream { service: service.name.clone() },
         Groups::Pool(pool) => ProxyError::NoPoolUpstream { service: service.name.clone(), pool: pool.to_owned() },
     };
+    let mut last_error: Option<ProxyError> = None;
     loop {
         let now = Instant::now();
         if now >= deadline {
             return Err(ProxyError::Timeout);
         }
-        let Some(endpoint) = balance::pick(service, groups, &tried, now) else { return Err(last_error) };
+        let Some(endpoint) = balance::pick(service, groups, &tried, now) else {
+            return Err(last_error.unwrap_or_else(no_upstream));
+        };
         let attempt_body = match &mut body {
             RequestBody::Buffered(bytes) => Either::Left(Full::new(bytes.clone())),
             RequestBody::Streaming(stream) => match stream.take() {
                 Some(stream) => Either::Right(stream),
-                None => return Err(last_error),
+                None => return Err(last_error.unwrap_or_else(no_upstream)),
             },
         };
 
@@ -338,7 +342,7 @@ async fn attempt_all<'a>(
                 }
                 let gateway_error = matches!(status.as_u16(), 502..=504);
                 if gateway_error && retry_ok(RetryReason::Status5xx) {
-                    last_error = ProxyError::Upstream(format!("replica answered {status}"));
+                    last_error = Some(ProxyError::Upstream(format!("replica answered {status}")));
                     continue;
                 }
                 return Ok(respond(res, request_id, client_upgrade));
@@ -346,32 +350,32 @@ async fn attempt_all<'a>(
             Attempted::NeverSent(detail) => {
                 attempt.finish(Outcome::Failure);
                 shared.after_failure(service, endpoint);
-                last_error = ProxyError::Upstream(detail);
                 if !replayable {
-                    return Err(last_error);
+                    return Err(ProxyError::Upstream(detail));
                 }
+                last_error = Some(ProxyError::Upstream(detail));
                 route.metrics.retry(RetryReason::NeverSent);
             }
             Attempted::Failed(detail) => {
                 attempt.finish(Outcome::Failure);
                 shared.after_failure(service, endpoint);
-                last_error = ProxyError::Upstream(detail);
                 if !retry_ok(RetryReason::Status5xx) {
-                    return Err(last_error);
+                    return Err(ProxyError::Upstream(detail));
                 }
+                last_error = Some(ProxyError::Upstream(detail));
             }
             Attempted::Ejected => {
                 drop(attempt);
                 route.metrics.retry(RetryReason::Ejected);
-                last_error = ProxyError::Upstream("replica ejected while answering".to_owned());
+                last_error = Some(ProxyError::Upstream("replica ejected while answering".to_owned()));
             }
             Attempted::TimedOut => {
                 attempt.finish(Outcome::Failure);
                 shared.after_failure(service, endpoint);
-                last_error = ProxyError::Timeout;
                 if per_try >= remaining || !retry_ok(RetryReason::PerTryTimeout) {
-                    return Err(last_error);
+                    return Err(ProxyError::Timeout);
                 }
+                last_error = Some(ProxyError::Timeout);
             }
         }
     }
