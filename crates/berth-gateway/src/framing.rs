@@ -40,6 +40,15 @@ impl<T> FramingGuard<T> {
         FramingGuard { inner, framing: Framing::new(max_head), buf: Vec::new(), handed: 0, released: 0 }
     }
 
+    /// A guard over a connection of which `read` was read already (by `serve_h1`, which hands on what it
+    /// does not serve): those bytes come first, inspected like bytes just read.
+    pub(crate) fn with_prefix(inner: T, max_head: usize, read: &[u8]) -> FramingGuard<T> {
+        let mut guard = FramingGuard::new(inner, max_head);
+        guard.buf.extend_from_slice(read);
+        guard.inspect();
+        guard
+    }
+
     /// Runs the bytes in `buf[released..]` through the framing state machine, releasing what is decided.
     fn inspect(&mut self) {
         while self.released < self.buf.len() {

@@ -504,14 +504,14 @@ async fn serve_plain(
     peer: SocketAddr,
 ) {
     let handle = |req| proxy::handle(&shared, &client, &ingress, peer, req);
-    let stream = match serve_h1::serve(stream, servers.h1, handle).await {
+    let (stream, read) = match serve_h1::serve(stream, servers.h1, handle).await {
         serve_h1::Ended::Closed => return,
-        serve_h1::Ended::Handover(stream) => stream,
+        serve_h1::Ended::Handover(stream, read) => (stream, read),
     };
     // hyper sees the connection from the first byte this side did not serve: its header-read timer runs
     // from there (there is at least one byte), and HTTP/2 prior knowledge is told from its preface.
     let service = hyper_service(shared, client, ingress, peer);
-    let io = TokioIo::new(FramingGuard::new(stream, servers.max_head));
+    let io = TokioIo::new(FramingGuard::with_prefix(stream, servers.max_head, &read));
     if let Err(error) = servers.auto.serve_connection_with_upgrades(io, service).await {
         debug!(peer = %peer, error = %error, "client connection ended with an error");
     }

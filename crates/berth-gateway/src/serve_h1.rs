@@ -21,7 +21,7 @@ use std::convert::Infallible;
 use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::{Pin, pin};
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -29,7 +29,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Status
 use http_body::Body;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Either, Empty, Full};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 use tokio_util::io::poll_read_buf;
@@ -49,8 +49,8 @@ pub(crate) struct Limits {
 /// How a connection left this side.
 pub(crate) enum Ended {
     Closed,
-    /// For hyper: the connection with what was read of it and not served.
-    Handover(Prefixed<TcpStream>),
+    /// For hyper: the connection, and what was read of it and not served.
+    Handover(TcpStream, Bytes),
 }
 
 /// Header fields a head may have to be served here (hyper's default limit; more go to hyper, which answers
@@ -74,7 +74,7 @@ where
         let Head { req, close } = match conn.next_request().await {
             Ok(head) => head,
             Err(Stop::Closed) => return Ended::Closed,
-            Err(Stop::Handover) => return Ended::Handover(Prefixed { prefix: conn.buf.freeze(), inner: conn.stream }),
+            Err(Stop::Handover) => return Ended::Handover(conn.stream, conn.buf.freeze()),
         };
         let head_only = req.method() == Method::HEAD;
         // Made in place: a request's future is large, and moving it costs more than the rest of this side.
@@ -438,51 +438,6 @@ fn with_date(write: impl FnOnce(&[u8])) {
         }
         write(date.as_bytes());
     });
-}
-
-/// A stream with bytes already read from it in front.
-pub(crate) struct Prefixed<T> {
-    prefix: Bytes,
-    inner: T,
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.prefix.is_empty() {
-            return Pin::new(&mut this.inner).poll_read(cx, out);
-        }
-        let n = this.prefix.len().min(out.remaining());
-        out.put_slice(&this.prefix[..n]);
-        this.prefix.advance(n);
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, data)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
 }
 
 #[cfg(test)]

@@ -35,6 +35,19 @@ fn pipelined_requests_split_at_every_byte_pass_unchanged() {
 }
 
 #[test]
+fn bytes_read_before_the_guard_are_inspected_like_the_rest() {
+    // However the input is split between what `serve_h1` read first and what follows on the socket, the
+    // bytes come out unchanged except for the conflict, whose Transfer-Encoding is corrupted.
+    let input = [PIPELINE, CONFLICT].concat();
+    let expected = corrupted(&input, &[PIPELINE.len() + conflict_mark()]);
+    for split in 0..=input.len() {
+        let mut guard = FramingGuard::with_prefix(Script::new(&[&input[split..]], true), MAX_HEAD, &input[..split]);
+        assert_eq!(read_available(&mut guard, 4096), expected, "split at {split}");
+        assert_eq!(guard.framing.state, State::PassThrough);
+    }
+}
+
+#[test]
 fn a_valid_pipeline_ends_waiting_for_the_next_head() {
     let mut guard = FramingGuard::new(Script::new(&[PIPELINE], false), MAX_HEAD);
     assert_eq!(read_available(&mut guard, 4096), PIPELINE);

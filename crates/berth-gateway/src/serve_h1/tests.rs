@@ -7,6 +7,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
+use std::task::Context;
+
 use super::*;
 
 type TestBody = Either<Full<Bytes>, Frames>;
@@ -79,7 +81,7 @@ async fn server() -> Server {
         };
         let ended = match serve(stream, LIMITS, handle).await {
             Ended::Closed => None,
-            Ended::Handover(stream) => Some(stream.prefix),
+            Ended::Handover(_, read) => Some(read),
         };
         let _ = ended_tx.send(ended);
     });
