@@ -171,7 +171,8 @@ impl Conn {
     }
 
     /// Runs a request's future while watching the client: bytes it sends meanwhile (a pipelined request)
-    /// are kept, up to a head's worth; `None` when it closes or fails first, which drops the future.
+    /// are kept, up to a head's worth; `None` when it closes (with nothing pipelined) or fails first, which
+    /// drops the future.
     async fn run<F: Future>(&mut self, mut fut: Pin<&mut F>) -> Option<F::Output> {
         let mut watching = true;
         poll_fn(|cx| {
@@ -182,6 +183,8 @@ impl Conn {
                 self.buf.reserve(READ_CHUNK);
                 match poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.buf) {
                     Poll::Pending => break,
+                    // The end of input after pipelined requests is the end of the pipeline, as for hyper.
+                    Poll::Ready(Ok(0)) if !self.buf.is_empty() => watching = false,
                     Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(None),
                     Poll::Ready(Ok(_)) => watching = self.buf.len() <= self.limits.max_head,
                 }

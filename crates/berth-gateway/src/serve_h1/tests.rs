@@ -39,7 +39,8 @@ struct Server {
 }
 
 /// One connection served by `serve`. Paths: `/chunked` answers with a body of unknown length (two chunks),
-/// `/hang` never answers, `/head` answers like a replica does to HEAD; anything else echoes the request.
+/// `/hang` never answers, `/slow` echoes after 100 ms, `/head` answers like a replica does to HEAD;
+/// anything else echoes the request.
 async fn server() -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("address");
@@ -60,6 +61,11 @@ async fn server() -> Server {
                 let _ = seen_tx.send(line.clone());
                 let res = match parts.uri.path() {
                     "/hang" => std::future::pending().await,
+                    // A slow replica: still answering when the client's next bytes (or its end) arrive.
+                    "/slow" => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        Response::new(Either::Left(Full::new(Bytes::from(line))))
+                    }
                     "/chunked" => {
                         let (tx, rx) = mpsc::channel(2);
                         tokio::spawn(async move {
@@ -262,6 +268,15 @@ async fn a_body_still_on_its_way_goes_to_hyper() {
     let head = b"POST /slow HTTP/1.1\r\nHost: web\r\nContent-Length: 5\r\n\r\nhe";
     stream.write(head).await;
     assert_eq!(&server.ended.await.expect("ended").expect("handed over")[..], head);
+}
+
+#[tokio::test]
+async fn the_end_of_input_after_a_pipeline_does_not_cancel_what_came_before() {
+    let server = server().await;
+    let mut stream = connect(&server).await;
+    stream.write(b"GET /slow HTTP/1.1\r\nHost: web\r\n\r\nGET /b HTTP/1.1\r\nHost: web\r\n\r\n").await;
+    stream.stream.shutdown().await.expect("half-close");
+    assert_eq!(stream.response(false).await.1, "GET /slow ");
 }
 
 #[tokio::test]
