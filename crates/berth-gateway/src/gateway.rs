@@ -206,13 +206,14 @@ impl Gateway {
             };
             let shared = self.shared.clone();
             let stop_rx = stop_rx.clone();
-            let spread = Worker { index: worker, spread: spread.clone(), inbox };
-            std::thread::Builder::new().name(format!("berth-gateway-{worker}")).spawn(move || {
+            let name = format!("berth-gateway-{worker}");
+            let worker = Worker { index: worker, spread: spread.clone(), inbox };
+            std::thread::Builder::new().name(name).spawn(move || {
                 let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                     Ok(runtime) => runtime,
                     Err(error) => return warn!(error = %error, "cannot start a gateway worker"),
                 };
-                runtime.block_on(worker_loop(shared, sockets, spread, stop_rx));
+                runtime.block_on(worker_loop(shared, sockets, worker, stop_rx));
             })?;
         }
         // Dropping this future (the daemon stopping the gateway) stops the workers and the QUIC endpoint.
