@@ -84,12 +84,18 @@ impl EndpointState {
     }
 
     /// Marks a request as sent to this endpoint until the guard drops.
+    #[cfg(test)]
     pub(crate) fn begin(&self) -> Attempt<'_> {
+        self.begin_at(Instant::now())
+    }
+
+    /// `begin` for an attempt starting at `now` (the attempt loop has read the clock already).
+    pub(crate) fn begin_at(&self, now: Instant) -> Attempt<'_> {
         if self.outstanding.fetch_add(1, Ordering::Relaxed) == 0 {
             // Idle until now: the stall clock starts with this request.
-            self.last_progress_ms.store(self.now_ms(), Ordering::Relaxed);
+            self.last_progress_ms.store(self.ms_since_epoch(now), Ordering::Relaxed);
         }
-        Attempt { endpoint: self, started: Instant::now() }
+        Attempt { endpoint: self, started: now }
     }
 
     pub(crate) fn is_ejected(&self, now: Instant) -> bool {
@@ -125,8 +131,7 @@ impl EndpointState {
 
     /// Stores only what changes: every worker's answers from this endpoint come through here, and a store
     /// of the same value still takes the cache line from the other cores.
-    fn observe(&self, rtt: Duration, outcome: Outcome) {
-        let now = Instant::now();
+    fn observe(&self, rtt: Duration, now: Instant, outcome: Outcome) {
         store_if_changed(&self.last_progress_ms, self.ms_since_epoch(now));
         if !self.answered_once.load(Ordering::Relaxed) {
             self.answered_once.store(true, Ordering::Relaxed);
@@ -160,10 +165,6 @@ impl EndpointState {
         }
     }
 
-    fn now_ms(&self) -> u64 {
-        self.ms_since_epoch(Instant::now())
-    }
-
     fn ms_since_epoch(&self, now: Instant) -> u64 {
         now.saturating_duration_since(self.epoch).as_millis() as u64
     }
@@ -190,7 +191,8 @@ pub(crate) struct Attempt<'a> {
 
 impl Attempt<'_> {
     pub(crate) fn finish(self, outcome: Outcome) {
-        self.endpoint.observe(self.started.elapsed(), outcome);
+        let now = Instant::now();
+        self.endpoint.observe(now.saturating_duration_since(self.started), now, outcome);
     }
 }
 

@@ -288,7 +288,7 @@ async fn attempt_all<'a>(
             },
         };
 
-        let attempt = endpoint.begin();
+        let attempt = endpoint.begin_at(now);
         *last_endpoint = Some(endpoint);
         let remaining = deadline - now;
         let per_try = route.per_try_timeout.map_or(remaining, |t| t.min(remaining));
@@ -303,7 +303,7 @@ async fn attempt_all<'a>(
         // Most answers come quickly: only a slow one waits on the endpoint's ejection signal, which
         // costs a registration on a lock shared by every request to that endpoint.
         let quick = per_try.min(EJECTION_WATCH_AFTER);
-        let outcome = match tokio::time::timeout(quick, &mut send).await {
+        let outcome = match tokio::time::timeout_at((now + quick).into(), &mut send).await {
             Ok(res) => classify(res),
             Err(_) if quick == per_try => Attempted::TimedOut,
             Err(_) => {
