@@ -138,7 +138,9 @@ impl EndpointState {
         }
         let sample = match outcome {
             Outcome::Success => {
-                store_if_changed32(&self.consecutive_failures, 0);
+                if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+                    self.consecutive_failures.store(0, Ordering::Relaxed);
+                }
                 rtt
             }
             Outcome::Failure => {
@@ -171,12 +173,6 @@ impl EndpointState {
 }
 
 fn store_if_changed(cell: &AtomicU64, value: u64) {
-    if cell.load(Ordering::Relaxed) != value {
-        cell.store(value, Ordering::Relaxed);
-    }
-}
-
-fn store_if_changed32(cell: &AtomicU32, value: u32) {
     if cell.load(Ordering::Relaxed) != value {
         cell.store(value, Ordering::Relaxed);
     }

@@ -374,8 +374,7 @@ struct Servers {
     auto: auto::Builder<TokioExecutor>,
     http1: hyper::server::conn::http1::Builder,
     http2: hyper::server::conn::http2::Builder<TokioExecutor>,
-    max_head: usize,
-    /// What plain HTTP/1.1 connections serve without hyper.
+    /// What plain HTTP/1.1 connections serve without hyper; its `max_head` is hyper's head limit too.
     h1: serve_h1::Limits,
 }
 
@@ -493,7 +492,7 @@ fn servers(config: &GatewayConfig) -> Servers {
         max_body: config.max_body_bytes.min(config.replay_buffer_bytes as u64),
         header_read_timeout: config.header_read_timeout,
     };
-    Servers { auto, http1, http2, max_head, h1 }
+    Servers { auto, http1, http2, h1 }
 }
 
 async fn serve_plain(
@@ -512,7 +511,7 @@ async fn serve_plain(
     // hyper sees the connection from the first byte this side did not serve: its header-read timer runs
     // from there (there is at least one byte), and HTTP/2 prior knowledge is told from its preface.
     let service = hyper_service(shared, client, ingress, peer);
-    let io = TokioIo::new(FramingGuard::with_prefix(stream, servers.max_head, &read));
+    let io = TokioIo::new(FramingGuard::with_prefix(stream, servers.h1.max_head, &read));
     if let Err(error) = servers.auto.serve_connection_with_upgrades(io, service).await {
         debug!(peer = %peer, error = %error, "client connection ended with an error");
     }
@@ -535,7 +534,7 @@ async fn serve_tls(
     };
     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
     let service = hyper_service(shared, client, ingress, peer);
-    let io = TokioIo::new(FramingGuard::new(stream, servers.max_head));
+    let io = TokioIo::new(FramingGuard::new(stream, servers.h1.max_head));
     // HTTP/1.1 alone here starts hyper's header-read timer at once, so a silent client is dropped in time.
     let served = if h2 {
         servers.http2.serve_connection(io, service).await

@@ -160,7 +160,7 @@ impl GroupCounters {
     }
 
     fn total(&self, counter: impl Fn(&Counts) -> &AtomicU64) -> u64 {
-        self.counts.all().map(|counts| counter(counts).load(Ordering::Relaxed)).sum()
+        self.counts.sum(counter)
     }
 
     pub(crate) fn read(&self, group: &str) -> GroupStats {

@@ -15,6 +15,11 @@ const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
+/// The elements of a comma-separated field value (RFC 9110 §5.6.1), trimmed; empty ones included.
+pub(crate) fn list_tokens(value: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(<[u8]>::trim_ascii)
+}
+
 /// Who is calling: ingress traffic is `external`.
 pub(crate) struct Forwarding<'a> {
     pub(crate) client_ip: IpAddr,
@@ -108,9 +113,8 @@ pub(crate) fn rewrite_request<'a>(
             if request_id {
                 headers.remove(&X_REQUEST_ID);
             }
-            let mut id = [0u8; REQUEST_ID_LEN];
-            fill_hex(&mut id);
-            (HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("0")), Some(id))
+            let id = new_request_id();
+            (id_value(&id), Some(id))
         }
     };
     let trace_ok =
@@ -266,15 +270,21 @@ fn ip_value(ip: IpAddr) -> HeaderValue {
 pub(crate) fn request_id(headers: &HeaderMap) -> HeaderValue {
     match headers.get(&X_REQUEST_ID) {
         Some(id) if is_sane_id(id) => id.clone(),
-        _ => new_request_id(),
+        _ => id_value(&new_request_id()),
     }
 }
 
 /// 32 lowercase hex digits.
-fn new_request_id() -> HeaderValue {
+/// A new request id: 32 random lowercase hex digits.
+fn new_request_id() -> [u8; REQUEST_ID_LEN] {
     let mut id = [0u8; REQUEST_ID_LEN];
     fill_hex(&mut id);
-    HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("0"))
+    id
+}
+
+/// An id of hex digits as a header value (always valid; "0" would only stand in for a broken generator).
+fn id_value(id: &[u8]) -> HeaderValue {
+    HeaderValue::from_bytes(id).unwrap_or(HeaderValue::from_static("0"))
 }
 
 pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {

@@ -172,7 +172,7 @@ impl RouteMetrics {
 
     /// The sum over threads of one of `RequestCounts`' counters.
     fn total(&self, counter: impl Fn(&RequestCounts) -> &AtomicU64) -> u64 {
-        self.counts.all().map(|counts| counter(counts).load(Ordering::Relaxed)).sum()
+        self.counts.sum(counter)
     }
 
     fn in_flight(&self) -> i64 {

@@ -34,7 +34,9 @@ use tokio::net::TcpStream;
 use tokio::time::Sleep;
 use tokio_util::io::poll_read_buf;
 
+use crate::headers::list_tokens;
 use crate::proxy::ClientBody;
+use crate::upstream::h1::write_field;
 
 /// What this side accepts; anything beyond goes to hyper.
 #[derive(Debug, Clone, Copy)]
@@ -347,7 +349,7 @@ fn parse_frozen(
                 _ => return Err(Unusual),
             }
         } else if name == header::CONNECTION {
-            for token in field.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            for token in list_tokens(field.value) {
                 if token.eq_ignore_ascii_case(b"upgrade") {
                     return Err(Unusual);
                 }
@@ -384,9 +386,10 @@ fn write_hex(out: &mut Vec<u8>, n: usize) {
 
 /// Whether a response's own `Connection` says `close`.
 fn wants_close(headers: &HeaderMap) -> bool {
-    headers.get_all(header::CONNECTION).iter().any(|value| {
-        value.as_bytes().split(|&b| b == b',').any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
-    })
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .any(|value| list_tokens(value.as_bytes()).any(|token| token.eq_ignore_ascii_case(b"close")))
 }
 
 /// The status line and header section, with the framing fields this side decides on.
@@ -402,10 +405,7 @@ fn encode_head(out: &mut Vec<u8>, parts: &http::response::Parts, framing: Framin
         if name == header::TRANSFER_ENCODING || (own_length && name == header::CONTENT_LENGTH) {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        write_field(out, name, value);
     }
     match framing {
         Framing::None => {}

@@ -6,7 +6,7 @@
 //! the rest of the bookkeeping; with a copy per thread an add stays in the core's own cache. Reads (a
 //! metrics scrape, a rollout's window) are rare and add the copies up.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// Copies per counter set. Threads beyond this share copies (still correct, only slower).
 const SHARDS: usize = 8;
@@ -19,7 +19,7 @@ pub(crate) struct Sharded<T> {
 /// Keeps neighbouring copies off each other's cache lines (128 bytes: adjacent-line prefetch pairs lines).
 #[repr(align(128))]
 #[derive(Default)]
-struct Padded<T>(T);
+pub(crate) struct Padded<T>(pub(crate) T);
 
 impl<T: Default> Default for Sharded<T> {
     fn default() -> Self {
@@ -37,6 +37,11 @@ impl<T> Sharded<T> {
     pub(crate) fn all(&self) -> impl Iterator<Item = &T> {
         self.shards.iter().map(|shard| &shard.0)
     }
+
+    /// One counter of `T`, added up over the copies.
+    pub(crate) fn sum(&self, counter: impl Fn(&T) -> &AtomicU64) -> u64 {
+        self.all().map(|copy| counter(copy).load(Ordering::Relaxed)).sum()
+    }
 }
 
 /// This thread's shard: threads take them in turn as they first count something.
@@ -50,8 +55,6 @@ fn shard() -> usize {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicU64;
-
     use super::*;
 
     #[test]
@@ -66,7 +69,7 @@ mod tests {
                 });
             }
         });
-        let total: u64 = counter.all().map(|copy| copy.load(Ordering::Relaxed)).sum();
+        let total = counter.sum(|copy| copy);
         assert_eq!(total, (SHARDS as u64 + 3) * 1000);
         let used = counter.all().filter(|copy| copy.load(Ordering::Relaxed) > 0).count();
         assert!(used > 1, "every thread counted into one copy");

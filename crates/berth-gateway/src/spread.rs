@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::mpsc;
 
+use crate::sharded::Padded;
+
 /// A connection accepted by one worker for another to serve.
 pub(crate) struct Handoff {
     pub(crate) stream: std::net::TcpStream,
@@ -23,15 +25,11 @@ pub(crate) struct Handoff {
 }
 
 pub(crate) struct Spread {
-    /// Live connections per worker.
-    live: Vec<Padded>,
+    /// Live connections per worker, each on a cache line of its own (a worker moves its own once per
+    /// connection).
+    live: Vec<Padded<AtomicUsize>>,
     inboxes: Vec<mpsc::UnboundedSender<Handoff>>,
 }
-
-/// A counter on a cache line of its own: each worker moves its own once per connection.
-#[repr(align(128))]
-#[derive(Default)]
-struct Padded(AtomicUsize);
 
 impl Spread {
     /// The spread over `n` workers, and each worker's inbox of handed-over connections.

@@ -10,7 +10,7 @@
 //! fresh one; a failed connect, or a fresh connection that takes no byte of the request, is `NeverSent`,
 //! which the request path may retry on another replica whatever the method.
 
-mod h1;
+pub(crate) mod h1;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

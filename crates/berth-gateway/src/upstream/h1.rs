@@ -288,7 +288,7 @@ impl FramingFields {
     /// stop here (a `Connection` that names other fields too goes on, so `headers::rewrite_response` can
     /// remove those), which leaves the common response nothing to rewrite.
     fn see(&mut self, name: &HeaderName, value: &[u8]) -> bool {
-        let tokens = || value.split(|&b| b == b',').map(<[u8]>::trim_ascii);
+        let tokens = || crate::headers::list_tokens(value);
         if name == header::CONNECTION {
             let mut only_framing = true;
             for token in tokens() {
@@ -305,12 +305,7 @@ impl FramingFields {
             return false;
         } else if name == header::CONTENT_LENGTH {
             for token in tokens() {
-                let length = match std::str::from_utf8(token) {
-                    Ok(digits) if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) => {
-                        digits.parse().ok()
-                    }
-                    _ => None,
-                };
+                let length = crate::framing::digits(token);
                 self.content_length = match (self.content_length, length) {
                     (None, Some(length)) => Some(Ok(length)),
                     (Some(Ok(seen)), Some(length)) if seen == length => Some(Ok(length)),
@@ -423,7 +418,8 @@ fn full_bytes(mut full: Full<Bytes>) -> Bytes {
     }
 }
 
-fn write_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+/// One `name: value` line of an HTTP/1.1 head (the client side's response heads too, `serve_h1.rs`).
+pub(crate) fn write_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
     write_raw_field(out, name, value.as_bytes());
 }
 
