@@ -337,13 +337,14 @@ async fn fetch(
     let Target { shared, route, .. } = target;
     let request_headers = req.headers().clone();
     let has_authorization = request_headers.contains_key(header::AUTHORIZATION);
-    let res = match proxy::proxy(target, req, started).await {
+    let mut res = match proxy::proxy(target, req, started).await {
         Ok(res) => res,
         Err(error) => {
             lead.finish(Fetched::NotStored);
             return Err(error);
         }
     };
+    proxy::complete_headers(&mut res);
     let Ok(freshness) = policy::freshness(&cached.policy, has_authorization, res.status().as_u16(), res.headers())
     else {
         lead.finish(Fetched::NotStored);
@@ -395,6 +396,7 @@ fn answer_miss(res: Result<impl Into<MissAnswer>, ProxyError>) -> Response<ResBo
             error.into_response()
         }
     };
+    proxy::complete_headers(&mut res);
     if !res.headers().contains_key(X_CACHE) {
         let age = res.headers().get(header::AGE).cloned().unwrap_or(HeaderValue::from_static("0"));
         res.headers_mut().insert(X_CACHE, HeaderValue::from_static("MISS"));

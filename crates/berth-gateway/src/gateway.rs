@@ -560,7 +560,13 @@ fn hyper_service(
 > + Clone {
     hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let (shared, client, ingress) = (shared.clone(), client.clone(), ingress.clone());
-        async move { proxy::handle(&shared, &client, &ingress, peer, req.map(http_body_util::Either::Left)).await }
+        async move {
+            let res = proxy::handle(&shared, &client, &ingress, peer, req.map(http_body_util::Either::Left)).await;
+            res.map(|mut res| {
+                proxy::complete_headers(&mut res);
+                res
+            })
+        }
     })
 }
 

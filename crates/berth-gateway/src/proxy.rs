@@ -28,6 +28,7 @@ use crate::headers::{self, Forwarding, X_REQUEST_ID};
 use crate::metrics::RetryReason;
 use crate::ratelimit;
 use crate::table::{RouteEntry, ServiceEntry, Sticky};
+use crate::upstream::h1::ReplicaFields;
 use crate::upstream::{SendError, UpstreamBody, UpstreamClient};
 
 /// How long an attempt runs before it also listens for its endpoint's ejection (well below the stall
@@ -137,6 +138,22 @@ async fn handle_route(
     }
     in_flight.finish(res.status().as_u16());
     res
+}
+
+/// The replica's fields (kept as read, see `upstream::h1::ReplicaFields`) into the response's map, ahead
+/// of the gateway's: for every consumer but `serve_h1`, which writes them as they are.
+pub(crate) fn complete_headers(res: &mut Response<ResBody>) {
+    if let Some(fields) = take_fields(res.body_mut()) {
+        fields.merge_into(res.headers_mut());
+    }
+}
+
+/// The replica's fields as read, when the response still carries them.
+pub(crate) fn take_fields(body: &mut ResBody) -> Option<Box<ReplicaFields>> {
+    match body {
+        Either::Left(Either::Left(UpstreamBody::Http1(body))) => body.take_fields(),
+        _ => None,
+    }
 }
 
 fn with_alt_svc(mut res: Response<ResBody>, ingress: &Ingress) -> Response<ResBody> {

@@ -36,7 +36,7 @@ use tokio_util::io::poll_read_buf;
 
 use crate::headers::list_tokens;
 use crate::proxy::ClientBody;
-use crate::upstream::h1::write_field;
+use crate::upstream::h1::{ReplicaFields, write_field};
 
 /// What this side accepts; anything beyond goes to hyper.
 #[derive(Debug, Clone, Copy)]
@@ -64,12 +64,24 @@ const READ_CHUNK: usize = 8 * 1024;
 /// they are, in the same `writev`.
 const COPY_BELOW: usize = 16 * 1024;
 
+/// A response body that may carry its replica's header fields as read, to be written ahead of the
+/// response's map (`proxy::take_fields`).
+pub(crate) trait CarriesFields {
+    fn take_fields(&mut self) -> Option<Box<ReplicaFields>>;
+}
+
+impl CarriesFields for crate::proxy::ResBody {
+    fn take_fields(&mut self) -> Option<Box<ReplicaFields>> {
+        crate::proxy::take_fields(self)
+    }
+}
+
 /// Serves requests on `stream` with `handle` until the connection closes or needs hyper.
 pub(crate) async fn serve<H, F, B>(stream: TcpStream, limits: Limits, mut handle: H) -> Ended
 where
     H: FnMut(Request<ClientBody>) -> F,
     F: Future<Output = Result<Response<B>, Infallible>>,
-    B: Body<Data = Bytes>,
+    B: Body<Data = Bytes> + CarriesFields,
 {
     let mut conn = Conn { stream, buf: BytesMut::new(), out: Vec::new(), spare_headers: None, timer: None, limits };
     loop {
@@ -197,13 +209,14 @@ impl Conn {
     }
 
     /// Writes a response. `Ok(true)`: the connection can take the next request.
-    async fn respond<B: Body<Data = Bytes>>(
+    async fn respond<B: Body<Data = Bytes> + CarriesFields>(
         &mut self,
         res: Response<B>,
         head_only: bool,
         client_close: bool,
     ) -> io::Result<bool> {
-        let (mut parts, body) = res.into_parts();
+        let (mut parts, mut body) = res.into_parts();
+        let replica = body.take_fields();
         let status = parts.status;
         let has_body = !(head_only
             || status.is_informational()
@@ -215,7 +228,7 @@ impl Conn {
             (true, None) => Framing::Chunked,
         };
         let close = client_close || wants_close(&parts.headers);
-        encode_head(&mut self.out, &parts, framing, client_close);
+        encode_head(&mut self.out, &parts, replica.as_deref(), framing, client_close);
         parts.headers.clear();
         self.spare_headers = Some(parts.headers);
         let complete = match framing {
@@ -392,8 +405,15 @@ fn wants_close(headers: &HeaderMap) -> bool {
         .any(|value| list_tokens(value.as_bytes()).any(|token| token.eq_ignore_ascii_case(b"close")))
 }
 
-/// The status line and header section, with the framing fields this side decides on.
-fn encode_head(out: &mut Vec<u8>, parts: &http::response::Parts, framing: Framing, close: bool) {
+/// The status line and header section: the replica's fields as read (when the response has them), the
+/// response map's, and the framing fields this side decides on.
+fn encode_head(
+    out: &mut Vec<u8>,
+    parts: &http::response::Parts,
+    replica: Option<&ReplicaFields>,
+    framing: Framing,
+    close: bool,
+) {
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(parts.status.as_str().as_bytes());
     out.push(b' ');
@@ -401,6 +421,7 @@ fn encode_head(out: &mut Vec<u8>, parts: &http::response::Parts, framing: Framin
     out.extend_from_slice(b"\r\n");
     // A response without a body keeps its own `Content-Length` (a HEAD or 304 says what a GET would get).
     let own_length = framing != Framing::None;
+    let replica_date = replica.is_some_and(|replica| replica.write(out, &parts.headers, own_length));
     for (name, value) in &parts.headers {
         if name == header::TRANSFER_ENCODING || (own_length && name == header::CONTENT_LENGTH) {
             continue;
@@ -419,7 +440,7 @@ fn encode_head(out: &mut Vec<u8>, parts: &http::response::Parts, framing: Framin
     if close {
         out.extend_from_slice(b"connection: close\r\n");
     }
-    if !parts.headers.contains_key(header::DATE) {
+    if !replica_date && !parts.headers.contains_key(header::DATE) {
         out.extend_from_slice(b"date: ");
         with_date(|date| out.extend_from_slice(date));
         out.extend_from_slice(b"\r\n");

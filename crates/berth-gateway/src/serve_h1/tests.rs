@@ -13,6 +13,12 @@ use super::*;
 
 type TestBody = Either<Full<Bytes>, Frames>;
 
+impl CarriesFields for TestBody {
+    fn take_fields(&mut self) -> Option<Box<ReplicaFields>> {
+        None
+    }
+}
+
 /// A body of unknown length from a channel of chunks, so that its response is chunked.
 struct Frames(mpsc::Receiver<Bytes>);
 

@@ -23,6 +23,10 @@ use http_body_util::{BodyExt, Either, Full, Limited};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+mod fields;
+
+use self::fields::Kind;
+pub(crate) use self::fields::ReplicaFields;
 use super::Pool;
 use crate::headers::Added;
 use crate::proxy::{ClientBody, ReqBody};
@@ -34,7 +38,6 @@ const MAX_HEADERS: usize = 100;
 /// Largest chunk-size line or trailer section of a chunked body.
 const MAX_CHUNK_META_BYTES: usize = 16 * 1024;
 const READ_CHUNK: usize = 8 * 1024;
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
 /// A connection to a replica and what was read from it but not used yet.
 pub(crate) struct Conn {
@@ -137,11 +140,18 @@ impl Conn {
         let mut res = Response::new(());
         *res.status_mut() = head.status;
         *res.version_mut() = head.version;
-        *res.headers_mut() = head.headers;
-        let mut body = match framing {
-            Framing::Upgrade => Body { conn: Some(self), state: State::Upgraded, reuse: false },
-            Framing::Body { kind, keep_alive } => Body { conn: Some(self), state: kind, reuse: keep_alive && whole },
+        let fields = match head.fields {
+            Fields::Raw(fields) => Some(fields),
+            Fields::Map(headers) => {
+                *res.headers_mut() = headers;
+                None
+            }
         };
+        let (state, reuse) = match framing {
+            Framing::Upgrade => (State::Upgraded, false),
+            Framing::Body { kind, keep_alive } => (kind, keep_alive && whole),
+        };
+        let mut body = Body { conn: Some(self), state, reuse, fields };
         body.finish_if_done();
         Ok(res.map(|()| body))
     }
@@ -220,8 +230,8 @@ async fn read_head<R: AsyncRead + Unpin>(stream: &mut R, buf: &mut BytesMut) -> 
 }
 
 /// The response head at the start of the buffer, taken out of it; `None`: not all there yet. The read
-/// bytes are frozen first, so field values are slices of them, not copies; what follows the head goes
-/// back into the buffer (its spare room, no allocation).
+/// bytes are frozen first, so the fields are ranges of them, not copies; what follows the head goes back
+/// into the buffer (its spare room, no allocation).
 fn parse_head(buf: &mut BytesMut) -> io::Result<Option<Head>> {
     let read = buf.split().freeze();
     let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
@@ -240,30 +250,43 @@ fn parse_head(buf: &mut BytesMut) -> io::Result<Option<Head>> {
     let status = parsed.code.and_then(|code| StatusCode::from_u16(code).ok());
     let status = status.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad response status"))?;
     let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    let mut kept = ReplicaFields::new(read.slice(..len));
     let mut framing = FramingFields::default();
+    // A 101 keeps every field (`headers::rewrite_response` leaves its `Connection: upgrade`); so does a
+    // head whose `Connection` names other fields, for `rewrite_response` to remove those. Both need a map.
+    let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+    let mut needs_map = switching;
     for field in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(field.name.as_bytes());
-        let value = HeaderValue::from_maybe_shared(read.slice_ref(field.value));
-        match (name, value) {
-            (Ok(name), Ok(value)) => {
-                // A 101 keeps its `Connection: upgrade`.
-                if framing.see(&name, field.value) || status == StatusCode::SWITCHING_PROTOCOLS {
-                    headers.append(name, value);
-                }
+        let name = field.name.as_bytes();
+        match framing.see(name, field.value) {
+            Seen::Keep(kind) => kept.push(name, field.value, kind),
+            Seen::KeepForMap => {
+                needs_map = true;
+                kept.push(name, field.value, Kind::Other);
             }
-            _ => return Err(io::Error::new(io::ErrorKind::InvalidData, "bad response header field")),
+            Seen::Drop if switching => kept.push(name, field.value, Kind::Other),
+            Seen::Drop => {}
         }
     }
     buf.extend_from_slice(&read[len..]);
-    Ok(Some(Head { status, version, headers, framing }))
+    let fields = match needs_map {
+        true => Fields::Map(kept.into_map()),
+        false => Fields::Raw(Box::new(kept)),
+    };
+    Ok(Some(Head { status, version, fields, framing }))
 }
 
 struct Head {
     status: StatusCode,
     version: Version,
-    headers: HeaderMap,
+    fields: Fields,
     framing: FramingFields,
+}
+
+/// A response head's fields: as read (the common head), or in a map.
+enum Fields {
+    Raw(Box<ReplicaFields>),
+    Map(HeaderMap),
 }
 
 enum Framing {
@@ -283,39 +306,57 @@ struct FramingFields {
     content_length: Option<Result<u64, ()>>,
 }
 
+/// What becomes of a response field.
+enum Seen {
+    Keep(Kind),
+    /// A `Connection` that names other fields: it stays, and the head needs a map.
+    KeepForMap,
+    /// Hop-by-hop (RFC 9110 §7.6.1): never forwarded.
+    Drop,
+}
+
 impl FramingFields {
-    /// Takes note of a field; returns whether the field goes on to the client. Hop-by-hop framing fields
-    /// stop here (a `Connection` that names other fields too goes on, so `headers::rewrite_response` can
-    /// remove those), which leaves the common response nothing to rewrite.
-    fn see(&mut self, name: &HeaderName, value: &[u8]) -> bool {
+    /// Takes note of a field; says whether it goes on to the client. The hop-by-hop fields stop here, which
+    /// leaves the common response nothing to rewrite.
+    fn see(&mut self, name: &[u8], value: &[u8]) -> Seen {
         let tokens = || crate::headers::list_tokens(value);
-        if name == header::CONNECTION {
-            let mut only_framing = true;
-            for token in tokens() {
-                let close = token.eq_ignore_ascii_case(b"close");
-                let keep_alive = token.eq_ignore_ascii_case(b"keep-alive");
-                self.connection_close |= close;
-                self.connection_keep_alive |= keep_alive;
-                only_framing &= close || keep_alive || token.is_empty();
+        let is = |known: &str| name.eq_ignore_ascii_case(known.as_bytes());
+        // Compared by length first: most names match none of these.
+        match name.len() {
+            10 if is("connection") => {
+                let mut only_framing = true;
+                for token in tokens() {
+                    let close = token.eq_ignore_ascii_case(b"close");
+                    let keep_alive = token.eq_ignore_ascii_case(b"keep-alive");
+                    self.connection_close |= close;
+                    self.connection_keep_alive |= keep_alive;
+                    only_framing &= close || keep_alive || token.is_empty();
+                }
+                if only_framing { Seen::Drop } else { Seen::KeepForMap }
             }
-            return !only_framing;
-        } else if name == header::TRANSFER_ENCODING {
-            self.transfer_encoding =
-                Some(tokens().next_back().is_some_and(|last| last.eq_ignore_ascii_case(b"chunked")));
-            return false;
-        } else if name == header::CONTENT_LENGTH {
-            for token in tokens() {
-                let length = crate::framing::digits(token);
-                self.content_length = match (self.content_length, length) {
-                    (None, Some(length)) => Some(Ok(length)),
-                    (Some(Ok(seen)), Some(length)) if seen == length => Some(Ok(length)),
-                    _ => Some(Err(())),
-                };
+            17 if is("transfer-encoding") => {
+                self.transfer_encoding =
+                    Some(tokens().next_back().is_some_and(|last| last.eq_ignore_ascii_case(b"chunked")));
+                Seen::Drop
             }
-        } else if name == KEEP_ALIVE {
-            return false;
+            14 if is("content-length") => {
+                for token in tokens() {
+                    let length = crate::framing::digits(token);
+                    self.content_length = match (self.content_length, length) {
+                        (None, Some(length)) => Some(Ok(length)),
+                        (Some(Ok(seen)), Some(length)) if seen == length => Some(Ok(length)),
+                        _ => Some(Err(())),
+                    };
+                }
+                Seen::Keep(Kind::ContentLength)
+            }
+            4 if is("date") => Seen::Keep(Kind::Date),
+            10 if is("keep-alive") => Seen::Drop,
+            16 if is("proxy-connection") => Seen::Drop,
+            2 if is("te") => Seen::Drop,
+            7 if is("trailer") || is("upgrade") => Seen::Drop,
+            _ => Seen::Keep(Kind::Other),
         }
-        true
     }
 }
 
@@ -337,7 +378,10 @@ fn framing(head: &mut Head, head_request: bool) -> io::Result<Framing> {
     let kind = match (fields.transfer_encoding, fields.content_length) {
         (Some(chunked), length) => {
             if length.is_some() {
-                head.headers.remove(header::CONTENT_LENGTH);
+                match &mut head.fields {
+                    Fields::Raw(fields) => fields.drop_length(),
+                    Fields::Map(headers) => drop(headers.remove(header::CONTENT_LENGTH)),
+                }
                 keep_alive = false;
             }
             if chunked { State::Chunked(Chunked::Size) } else { State::UntilClose }
@@ -466,9 +510,16 @@ pub(crate) struct Body {
     state: State,
     /// Whether the connection goes back to the pool when the body ends cleanly.
     reuse: bool,
+    /// The response's fields until someone takes them (`take_fields`); `None` when the head needed a map.
+    fields: Option<Box<ReplicaFields>>,
 }
 
 impl Body {
+    /// The replica's fields as read, which belong in front of the response's map (see `fields.rs`).
+    pub(crate) fn take_fields(&mut self) -> Option<Box<ReplicaFields>> {
+        self.fields.take()
+    }
+
     /// The connection of a `101 Switching Protocols` answer, with whatever the replica sent after the head.
     pub(crate) fn into_upgraded(mut self) -> Option<(TcpStream, Bytes)> {
         if !matches!(self.state, State::Upgraded) {
@@ -697,8 +748,17 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), send).await.expect("answer in time")
     }
 
+    /// The replica's answer, its fields in its map (as every listener but `serve_h1` sees them).
     async fn send(client: &UpstreamClient, addr: SocketAddr, req: Request<ReqBody>) -> Response<UpstreamBody> {
-        try_send(client, addr, req).await.unwrap_or_else(|error| panic!("send failed: {error:?}"))
+        let mut res = try_send(client, addr, req).await.unwrap_or_else(|error| panic!("send failed: {error:?}"));
+        let fields = match res.body_mut() {
+            UpstreamBody::Http1(body) => body.take_fields(),
+            UpstreamBody::H2c(_) => None,
+        };
+        if let Some(fields) = fields {
+            fields.merge_into(res.headers_mut());
+        }
+        res
     }
 
     /// A GET answered by a fresh scripted replica.
