@@ -14,6 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
+use crate::affinity;
 use crate::cache::Cache;
 use crate::endpoint::EndpointState;
 use crate::framing::FramingGuard;
@@ -54,6 +55,8 @@ pub struct GatewayConfig {
     pub source: String,
     /// Worker threads, each with its own runtime and upstream pool.
     pub workers: usize,
+    /// Each worker stays on a CPU of its own when there is one CPU per worker (see `affinity.rs`).
+    pub pin_workers: bool,
     /// Bound on the response cache's memory (bodies, headers, keys), shared by every service.
     pub cache_max_bytes: u64,
     /// A response body larger than this is never stored; it streams through.
@@ -87,6 +90,7 @@ impl Default for GatewayConfig {
             stall_after: Duration::from_secs(1),
             source: "external".to_owned(),
             workers: std::thread::available_parallelism().map(usize::from).unwrap_or(2),
+            pin_workers: true,
             access_log: false,
             tls: None,
             cache_max_bytes: 64 * 1024 * 1024,
@@ -196,7 +200,9 @@ impl Gateway {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let n_workers = self.shared.config.workers.max(1);
         let (spread, inboxes) = Spread::new(n_workers);
+        let cpus = affinity::plan(n_workers, self.shared.config.pin_workers);
         for (worker, inbox) in inboxes.into_iter().enumerate() {
+            let cpu = cpus.as_ref().and_then(|cpus| cpus.get(worker).copied());
             let sockets = WorkerSockets {
                 http: http.as_ref().map(|listener| listener.try_clone()).transpose()?.map(|l| (l, plain.clone())),
                 https: match (&https, &acceptor) {
@@ -209,6 +215,9 @@ impl Gateway {
             let name = format!("berth-gateway-{worker}");
             let worker = Worker { index: worker, spread: spread.clone(), inbox };
             std::thread::Builder::new().name(name).spawn(move || {
+                if let Some(cpu) = cpu {
+                    affinity::pin_current_thread(cpu);
+                }
                 let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                     Ok(runtime) => runtime,
                     Err(error) => return warn!(error = %error, "cannot start a gateway worker"),

@@ -9,6 +9,7 @@
 //! an immutable compiled snapshot per update.
 
 mod access_log;
+mod affinity;
 mod balance;
 mod budget;
 mod cache;
