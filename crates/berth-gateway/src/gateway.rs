@@ -55,7 +55,8 @@ pub struct GatewayConfig {
     pub source: String,
     /// Worker threads, each with its own runtime and upstream pool.
     pub workers: usize,
-    /// Each worker stays on a CPU of its own when there is one CPU per worker (see `affinity.rs`).
+    /// Each worker stays on a CPU of its own while it is busy, when there is one CPU per worker (see
+    /// `affinity.rs`).
     pub pin_workers: bool,
     /// Bound on the response cache's memory (bodies, headers, keys), shared by every service.
     pub cache_max_bytes: u64,
@@ -200,9 +201,9 @@ impl Gateway {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let n_workers = self.shared.config.workers.max(1);
         let (spread, inboxes) = Spread::new(n_workers);
-        let cpus = affinity::plan(n_workers, self.shared.config.pin_workers);
+        let cpus = affinity::Plan::new(n_workers, self.shared.config.pin_workers);
         for (worker, inbox) in inboxes.into_iter().enumerate() {
-            let cpu = cpus.as_ref().and_then(|cpus| cpus.get(worker).copied());
+            let cpu = cpus.as_ref().and_then(|cpus| cpus.for_worker(worker));
             let sockets = WorkerSockets {
                 http: http.as_ref().map(|listener| listener.try_clone()).transpose()?.map(|l| (l, plain.clone())),
                 https: match (&https, &acceptor) {
@@ -215,14 +216,16 @@ impl Gateway {
             let name = format!("berth-gateway-{worker}");
             let worker = Worker { index: worker, spread: spread.clone(), inbox };
             std::thread::Builder::new().name(name).spawn(move || {
-                if let Some(cpu) = cpu {
-                    affinity::pin_current_thread(cpu);
-                }
                 let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                     Ok(runtime) => runtime,
                     Err(error) => return warn!(error = %error, "cannot start a gateway worker"),
                 };
-                runtime.block_on(worker_loop(shared, sockets, worker, stop_rx));
+                runtime.block_on(async move {
+                    if let Some(cpu) = cpu {
+                        tokio::spawn(cpu.follow_load());
+                    }
+                    worker_loop(shared, sockets, worker, stop_rx).await
+                });
             })?;
         }
         // Dropping this future (the daemon stopping the gateway) stops the workers and the QUIC endpoint.
