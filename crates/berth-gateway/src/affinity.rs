@@ -44,7 +44,7 @@ impl Plan {
         let cpu = *self.cpus.get(index)?;
         let mut own = CpuSet::new();
         own.set(cpu);
-        Some(WorkerCpu { own, allowed: self.allowed.clone() })
+        Some(WorkerCpu { own, allowed: self.allowed })
     }
 }
 
