@@ -12,7 +12,6 @@
 use std::time::{Duration, Instant};
 
 use rustix::thread::{CpuSet, sched_getaffinity, sched_setaffinity};
-use rustix::time::{ClockId, clock_gettime};
 
 /// How often a worker looks at how busy it was.
 const CHECK_EVERY: Duration = Duration::from_millis(500);
@@ -61,10 +60,13 @@ impl WorkerCpu {
         let mut tick = tokio::time::interval(CHECK_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut pinned = false;
-        let mut last = (Instant::now(), thread_cpu_time());
+        // Without the thread's CPU time (no procfs), the scheduler keeps placing the worker.
+        let Some(cpu_time) = thread_cpu_time() else { return };
+        let mut last = (Instant::now(), cpu_time);
         loop {
             tick.tick().await;
-            let now = (Instant::now(), thread_cpu_time());
+            let Some(cpu_time) = thread_cpu_time() else { return };
+            let now = (Instant::now(), cpu_time);
             let wall = now.0.saturating_duration_since(last.0).as_secs_f64();
             let busy = if wall > 0.0 { now.1.saturating_sub(last.1).as_secs_f64() / wall } else { 0.0 };
             last = now;
@@ -89,9 +91,13 @@ fn next_state(pinned: bool, busy: f64) -> Option<bool> {
     }
 }
 
-fn thread_cpu_time() -> Duration {
-    let time = clock_gettime(ClockId::ThreadCPUTime);
-    Duration::new(time.tv_sec.max(0) as u64, time.tv_nsec.clamp(0, 999_999_999) as u32)
+/// The calling thread's CPU time so far, from `/proc/thread-self/schedstat` (nanoseconds on the CPU first).
+/// Not `clock_gettime(CLOCK_THREAD_CPUTIME_ID)`: rustix reaches it through its own vDSO lookup, which
+/// valgrind cannot run (`bench/instructions.sh`), and libc would need `unsafe`.
+fn thread_cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let nanos = stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    Some(Duration::from_nanos(nanos))
 }
 
 #[cfg(test)]
@@ -119,11 +125,11 @@ mod tests {
 
     #[test]
     fn the_thread_clock_moves_with_work() {
-        let before = thread_cpu_time();
+        let before = thread_cpu_time().expect("schedstat");
         let mut x = 0u64;
         for i in 0..2_000_000u64 {
             x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
         }
-        assert!(thread_cpu_time() > before, "{x}");
+        assert!(thread_cpu_time().expect("schedstat") > before, "{x}");
     }
 }

@@ -361,7 +361,7 @@ async fn fetch(
         Ok(Buffered::Complete(body)) => body,
         Ok(Buffered::Partial(spliced)) => {
             lead.finish(Fetched::NotStored);
-            return Ok((Response::from_parts(parts, Either::Left(Either::Right(spliced))), None));
+            return Ok((Response::from_parts(parts, Either::Left(Either::Right(Box::new(spliced)))), None));
         }
         Err(error) => {
             lead.finish(Fetched::NotStored);

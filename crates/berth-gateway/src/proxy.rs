@@ -39,8 +39,9 @@ const EJECTION_WATCH_AFTER: std::time::Duration = std::time::Duration::from_mill
 /// error is a concrete type: with `Box<dyn Error>` there, rustc cannot prove the request future `Send`.
 pub(crate) type ClientBody = Either<Incoming, UnsyncBoxBody<Bytes, std::io::Error>>;
 pub(crate) type ReqBody = Either<Full<Bytes>, Limited<ClientBody>>;
-/// A replica's body as it comes (or, from the cache, what was read of it then the rest), or one in memory.
-pub(crate) type ResBody = Either<Either<UpstreamBody, crate::cache::Spliced>, Full<Bytes>>;
+/// A replica's body as it comes (or, from the cache, what was read of it then the rest: boxed, as it is
+/// rare and large, and every response moves a few times on its way), or one in memory.
+pub(crate) type ResBody = Either<Either<UpstreamBody, Box<crate::cache::Spliced>>, Full<Bytes>>;
 
 /// What a listener adds to the request path: the scheme clients used, and what it tells them.
 #[derive(Debug, Clone, Default)]
