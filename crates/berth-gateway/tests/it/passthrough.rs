@@ -76,3 +76,74 @@ async fn read_head(stream: &mut TcpStream) -> Vec<u8> {
     }
     head
 }
+
+/// A replica that answers every request on a connection with `response`, as written.
+async fn scripted_replica(response: &'static [u8]) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
+    let addr = listener.local_addr().expect("bound listener has an address");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut read = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut chunk).await {
+                    if n == 0 {
+                        return;
+                    }
+                    read.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = read.windows(4).position(|w| w == b"\r\n\r\n") {
+                        read.drain(..end + 4);
+                        if stream.write_all(response).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// The response fields a raw HTTP/1.x request gets, as sorted lowercase `name: value` lines (`Date` and
+/// `Connection` left out), and the body.
+async fn fields_for(gateway: std::net::SocketAddr, request: &[u8]) -> (Vec<String>, String) {
+    let mut stream = TcpStream::connect(gateway).await.expect("connect to the gateway");
+    stream.write_all(request).await.expect("write the request");
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut received)).await;
+    read.expect("an answer in time").expect("read the answer");
+    let text = String::from_utf8(received).expect("a text answer").to_ascii_lowercase();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a whole head");
+    let mut fields: Vec<String> = head
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split_once(':'))
+        .filter(|(name, _)| !matches!(*name, "date" | "connection"))
+        .map(|(name, value)| format!("{name}: {}", value.trim()))
+        .collect();
+    fields.sort();
+    (fields, body.to_owned())
+}
+
+#[tokio::test]
+async fn a_replicas_fields_reach_clients_without_hop_by_hop_ones_and_the_gateways_replace_its_own() {
+    let replica = scripted_replica(
+        b"HTTP/1.1 200 OK\r\nServer: scripted\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
+          X-Request-Id: theirs\r\nSet-Cookie: a=1\r\nContent-Length: 2\r\nVary: Accept\r\n\r\nok",
+    )
+    .await;
+    let gw = TestGateway::start(config()).await;
+    let web = berth_gateway::Upstream { instance: "web-0".into(), addr: replica, group: "web".into(), weight: 100 };
+    gw.gateway.update(&table(vec![web]));
+    let expected = ["content-length: 2", "server: scripted", "set-cookie: a=1", "vary: accept", "x-request-id: req-7"];
+    // HTTP/1.1 is served by the gateway's own server side, which writes the replica's lines as read;
+    // HTTP/1.0 goes to hyper, which gets them merged into the response's map. Both must show the same.
+    for request in [
+        &b"GET / HTTP/1.1\r\nHost: web\r\nX-Request-Id: req-7\r\nConnection: close\r\n\r\n"[..],
+        &b"GET / HTTP/1.0\r\nHost: web\r\nX-Request-Id: req-7\r\n\r\n"[..],
+    ] {
+        let (fields, body) = fields_for(gw.addr, request).await;
+        assert_eq!(fields, expected, "{}", String::from_utf8_lossy(request));
+        assert_eq!(body, "ok");
+    }
+}
