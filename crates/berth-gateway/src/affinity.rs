@@ -8,8 +8,8 @@
 //! worker looks at its own CPU time: every 50 ms while free (load that arrives is pinned within one check,
 //! so few of its requests see the unpinned worker; checking every 500 ms, the first half second of a
 //! saturating run raised its p99 by half), every 500 ms while pinned. Above `PIN_ABOVE` busy it stays on
-//! its CPU; below `FREE_BELOW`, it may run anywhere again. With any other worker count (a configured `workers`, a CPU
-//! quota below the CPU mask) the scheduler places them as it sees fit.
+//! its CPU; below `FREE_BELOW`, it may run anywhere again. With any other worker count (a configured
+//! `workers`, a CPU quota below the CPU mask) the scheduler places them as it sees fit.
 
 use std::time::{Duration, Instant};
 
@@ -77,7 +77,9 @@ impl WorkerCpu {
                 match sched_setaffinity(None, set) {
                     Ok(()) => pinned = pin,
                     // A seccomp filter, a CPU gone offline: the scheduler keeps placing the worker.
-                    Err(error) => return tracing::debug!(error = %error, "gateway worker's CPU left as it is"),
+                    Err(error) if pin => return tracing::debug!(error = %error, "gateway worker not pinned"),
+                    // Still pinned: freeing it is tried again at the next check.
+                    Err(error) => tracing::debug!(error = %error, "gateway worker not freed yet"),
                 }
             }
         }
