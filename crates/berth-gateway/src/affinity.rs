@@ -63,11 +63,12 @@ impl WorkerCpu {
     pub(crate) async fn follow_load(self) {
         let mut pinned = false;
         // Without the thread's CPU time (no procfs), the scheduler keeps placing the worker.
-        let Some(cpu_time) = thread_cpu_time() else { return };
+        let Some(clock) = ThreadClock::open() else { return };
+        let Some(cpu_time) = clock.read() else { return };
         let mut last = (Instant::now(), cpu_time);
         loop {
             tokio::time::sleep(if pinned { CHECK_PINNED } else { CHECK_FREE }).await;
-            let Some(cpu_time) = thread_cpu_time() else { return };
+            let Some(cpu_time) = clock.read() else { return };
             let now = (Instant::now(), cpu_time);
             let wall = now.0.saturating_duration_since(last.0).as_secs_f64();
             let busy = if wall > 0.0 { now.1.saturating_sub(last.1).as_secs_f64() / wall } else { 0.0 };
@@ -95,13 +96,25 @@ fn next_state(pinned: bool, busy: f64) -> Option<bool> {
     }
 }
 
-/// The calling thread's CPU time so far, from `/proc/thread-self/schedstat` (nanoseconds on the CPU first).
-/// Not `clock_gettime(CLOCK_THREAD_CPUTIME_ID)`: rustix reaches it through its own vDSO lookup, which
-/// valgrind cannot run (`bench/instructions.sh`), and libc would need `unsafe`.
-fn thread_cpu_time() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    let nanos = stat.split_whitespace().next()?.parse::<u64>().ok()?;
-    Some(Duration::from_nanos(nanos))
+/// The CPU time of the thread that opened it, from `/proc/thread-self/schedstat` (nanoseconds on the CPU
+/// first), kept open and read again from the start at each check. Not `clock_gettime(CLOCK_THREAD_CPUTIME_ID)`:
+/// rustix reaches it through its own vDSO lookup, which valgrind cannot run (`bench/instructions.sh`), and
+/// libc would need `unsafe`.
+struct ThreadClock(std::fs::File);
+
+impl ThreadClock {
+    fn open() -> Option<ThreadClock> {
+        std::fs::File::open("/proc/thread-self/schedstat").ok().map(ThreadClock)
+    }
+
+    fn read(&self) -> Option<Duration> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 96];
+        let len = self.0.read_at(&mut buf, 0).ok()?;
+        let text = std::str::from_utf8(buf.get(..len)?).ok()?;
+        let nanos = text.split_whitespace().next()?.parse::<u64>().ok()?;
+        Some(Duration::from_nanos(nanos))
+    }
 }
 
 #[cfg(test)]
@@ -129,11 +142,12 @@ mod tests {
 
     #[test]
     fn the_thread_clock_moves_with_work() {
-        let before = thread_cpu_time().expect("schedstat");
+        let clock = ThreadClock::open().expect("schedstat");
+        let before = clock.read().expect("first read");
         let mut x = 0u64;
         for i in 0..2_000_000u64 {
             x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
         }
-        assert!(thread_cpu_time().expect("schedstat") > before, "{x}");
+        assert!(clock.read().expect("second read") > before, "the same open file reads anew: {x}");
     }
 }

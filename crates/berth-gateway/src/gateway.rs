@@ -515,7 +515,7 @@ async fn serve_plain(
     stream: TcpStream,
     peer: SocketAddr,
 ) {
-    let handle = |req| proxy::handle(&shared, &client, &ingress, peer, req);
+    let handle = |req| proxy::handle_keeping_fields(&shared, &client, &ingress, peer, req);
     let (stream, read) = match serve_h1::serve(stream, servers.h1, handle).await {
         serve_h1::Ended::Closed => return,
         serve_h1::Ended::Handover(stream, read) => (stream, read),
@@ -572,13 +572,7 @@ fn hyper_service(
 > + Clone {
     hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let (shared, client, ingress) = (shared.clone(), client.clone(), ingress.clone());
-        async move {
-            let res = proxy::handle(&shared, &client, &ingress, peer, req.map(http_body_util::Either::Left)).await;
-            res.map(|mut res| {
-                proxy::complete_headers(&mut res);
-                res
-            })
-        }
+        async move { proxy::handle(&shared, &client, &ingress, peer, req.map(http_body_util::Either::Left)).await }
     })
 }
 

@@ -102,11 +102,10 @@ async fn serve_connection(
                     };
                     let (send, recv) = stream.split();
                     let body = request_body(recv).await;
-                    let mut res = match proxy::handle(&shared, &client, &ingress, peer, req.map(|()| body)).await {
+                    let res = match proxy::handle(&shared, &client, &ingress, peer, req.map(|()| body)).await {
                         Ok(res) => res,
                         Err(never) => match never {},
                     };
-                    proxy::complete_headers(&mut res);
                     if let Err(error) = send_response(send, res).await {
                         debug!(peer = %peer, error = %error, "HTTP/3 response not sent whole");
                     }

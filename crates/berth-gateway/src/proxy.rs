@@ -27,6 +27,7 @@ use crate::group_stats::GroupRecord;
 use crate::headers::{self, Forwarding, X_REQUEST_ID};
 use crate::metrics::RetryReason;
 use crate::ratelimit;
+use crate::serve_h1::CarriesFields;
 use crate::table::{RouteEntry, ServiceEntry, Sticky};
 use crate::upstream::h1::ReplicaFields;
 use crate::upstream::{SendError, UpstreamBody, UpstreamClient};
@@ -54,7 +55,22 @@ pub(crate) struct Ingress {
     pub(crate) redirect_port: Option<u16>,
 }
 
+/// A client's request to its answer, with every field in the response's map.
 pub(crate) async fn handle(
+    shared: &Arc<Shared>,
+    client: &UpstreamClient,
+    ingress: &Arc<Ingress>,
+    peer: SocketAddr,
+    req: Request<ClientBody>,
+) -> Result<Response<ResBody>, Infallible> {
+    let mut res = handle_keeping_fields(shared, client, ingress, peer, req).await?;
+    complete_headers(&mut res);
+    Ok(res)
+}
+
+/// `handle` for `serve_h1`, which writes a replica's HTTP/1.1 fields as they were read: the response
+/// may still carry them in its body (`CarriesFields`) rather than in its map.
+pub(crate) async fn handle_keeping_fields(
     shared: &Arc<Shared>,
     client: &UpstreamClient,
     ingress: &Arc<Ingress>,
@@ -144,16 +160,17 @@ async fn handle_route(
 /// The replica's fields (kept as read, see `upstream::h1::ReplicaFields`) into the response's map, ahead
 /// of the gateway's: for every consumer but `serve_h1`, which writes them as they are.
 pub(crate) fn complete_headers(res: &mut Response<ResBody>) {
-    if let Some(fields) = take_fields(res.body_mut()) {
+    if let Some(fields) = res.body_mut().take_fields() {
         fields.merge_into(res.headers_mut());
     }
 }
 
-/// The replica's fields as read, when the response still carries them.
-pub(crate) fn take_fields(body: &mut ResBody) -> Option<Box<ReplicaFields>> {
-    match body {
-        Either::Left(Either::Left(UpstreamBody::Http1(body))) => body.take_fields(),
-        _ => None,
+impl CarriesFields for ResBody {
+    fn take_fields(&mut self) -> Option<Box<ReplicaFields>> {
+        match self {
+            Either::Left(Either::Left(UpstreamBody::Http1(body))) => body.take_fields(),
+            _ => None,
+        }
     }
 }
 

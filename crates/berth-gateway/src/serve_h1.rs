@@ -65,15 +65,9 @@ const READ_CHUNK: usize = 8 * 1024;
 const COPY_BELOW: usize = 16 * 1024;
 
 /// A response body that may carry its replica's header fields as read, to be written ahead of the
-/// response's map (`proxy::take_fields`).
+/// response's map (`proxy::handle_keeping_fields`).
 pub(crate) trait CarriesFields {
     fn take_fields(&mut self) -> Option<Box<ReplicaFields>>;
-}
-
-impl CarriesFields for crate::proxy::ResBody {
-    fn take_fields(&mut self) -> Option<Box<ReplicaFields>> {
-        crate::proxy::take_fields(self)
-    }
 }
 
 /// Serves requests on `stream` with `handle` until the connection closes or needs hyper.
