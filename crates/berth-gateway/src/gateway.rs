@@ -14,7 +14,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
-use crate::affinity;
 use crate::cache::Cache;
 use crate::endpoint::EndpointState;
 use crate::framing::FramingGuard;
@@ -25,6 +24,7 @@ use crate::spread::{Handoff, Spread};
 use crate::table::{Registry, RouteEntry, RoutingTable, ServiceEntry, Snapshot};
 use crate::tls::{Tls, TlsConfig};
 use crate::upstream::UpstreamClient;
+use crate::{affinity, busy_poll};
 use crate::{h3, headers, serve_h1};
 
 /// Source of `Shared::id`.
@@ -58,6 +58,9 @@ pub struct GatewayConfig {
     /// Each worker stays on a CPU of its own while it is busy, when there is one CPU per worker (see
     /// `affinity.rs`).
     pub pin_workers: bool,
+    /// A worker with nothing else to do waits on the CPU, for up to 100 µs, for a replica that has lately
+    /// answered that fast, instead of sleeping until the answer wakes it (see `busy_poll.rs`).
+    pub busy_poll: bool,
     /// Bound on the response cache's memory (bodies, headers, keys), shared by every service.
     pub cache_max_bytes: u64,
     /// A response body larger than this is never stored; it streams through.
@@ -92,6 +95,7 @@ impl Default for GatewayConfig {
             source: "external".to_owned(),
             workers: std::thread::available_parallelism().map(usize::from).unwrap_or(2),
             pin_workers: true,
+            busy_poll: true,
             access_log: false,
             tls: None,
             cache_max_bytes: 64 * 1024 * 1024,
@@ -202,6 +206,7 @@ impl Gateway {
         let n_workers = self.shared.config.workers.max(1);
         let (spread, inboxes) = Spread::new(n_workers);
         let cpus = affinity::Plan::new(n_workers, self.shared.config.pin_workers);
+        let spin_for_answers = self.shared.config.busy_poll && busy_poll::worth_it();
         for (worker, inbox) in inboxes.into_iter().enumerate() {
             let cpu = cpus.as_ref().and_then(|cpus| cpus.for_worker(worker));
             let sockets = WorkerSockets {
@@ -216,7 +221,13 @@ impl Gateway {
             let name = format!("berth-gateway-{worker}");
             let worker = Worker { index: worker, spread: spread.clone(), inbox };
             std::thread::Builder::new().name(name).spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                let mut runtime = tokio::runtime::Builder::new_current_thread();
+                runtime.enable_all();
+                if spin_for_answers {
+                    busy_poll::enable_on_this_thread();
+                    runtime.on_thread_park(busy_poll::before_park);
+                }
+                let runtime = match runtime.build() {
                     Ok(runtime) => runtime,
                     Err(error) => return warn!(error = %error, "cannot start a gateway worker"),
                 };

@@ -12,6 +12,7 @@ mod access_log;
 mod affinity;
 mod balance;
 mod budget;
+mod busy_poll;
 mod cache;
 mod endpoint;
 mod error;

@@ -11,9 +11,11 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::pin::Pin;
 use std::sync::Weak;
 use std::task::{Context, Poll, ready};
+use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -28,6 +30,7 @@ mod fields;
 use self::fields::Kind;
 pub(crate) use self::fields::ReplicaFields;
 use super::Pool;
+use crate::busy_poll::{self, AnswerTime};
 use crate::headers::Added;
 use crate::proxy::{ClientBody, ReqBody};
 
@@ -46,6 +49,8 @@ pub(crate) struct Conn {
     /// The replica, and the pool the connection goes back to when a response is read whole.
     addr: SocketAddr,
     pool: Weak<Pool>,
+    /// How fast this connection's replica answers: whether its worker waits for the answer on the CPU.
+    answers: AnswerTime,
 }
 
 /// How far a request got when it failed.
@@ -59,7 +64,7 @@ pub(crate) enum Failure {
 impl Conn {
     /// Boxed: it moves between the pool and response bodies, which stay small.
     pub(crate) fn new(stream: TcpStream, addr: SocketAddr, pool: Weak<Pool>) -> Box<Conn> {
-        Box::new(Conn { stream, buf: BytesMut::new(), addr, pool })
+        Box::new(Conn { stream, buf: BytesMut::new(), addr, pool, answers: AnswerTime::default() })
     }
 
     pub(crate) fn addr(&self) -> SocketAddr {
@@ -91,6 +96,10 @@ impl Conn {
             return Err(Failure::Unsent(io::ErrorKind::WriteZero.into()));
         }
         self.stream.write_all(&out.wire[written..]).await.map_err(Failure::Sent)?;
+        // Until the head is read, a worker with nothing else to do may wait for it on the CPU (`busy_poll`).
+        let sent = Instant::now();
+        let spin = out.body.is_none() && self.answers.is_fast();
+        let waiting = busy_poll::Waiting::start(self.stream.as_fd(), spin);
         // A streamed body goes out while the replica may already answer (a 413 to a large upload, say):
         // its answer ends the upload, and the connection, which is then mid-request, is not reused.
         let mut early = None;
@@ -137,6 +146,8 @@ impl Conn {
             let framing = framing(&mut head, out.head_request).map_err(Failure::Sent)?;
             break (head, framing);
         };
+        drop(waiting);
+        self.answers.note(sent.elapsed());
         let mut res = Response::new(());
         *res.status_mut() = head.status;
         *res.version_mut() = head.version;
