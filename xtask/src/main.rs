@@ -47,6 +47,9 @@ fn main() -> ExitCode {
 
 /// Builds berth in release mode, then runs the peer kit twice in one go: throughput at 64 keep-alive
 /// connections, and latency at a fixed 120 requests/s. The kit prints each table with ratios to nginx.
+///
+/// Five interleaved rounds per target unless `ROUNDS` says otherwise (the kit's default is three): at
+/// 120 req/s one round's p99 moves by 10–20% on a shared machine, more than the targets differ.
 fn bench(args: Vec<String>) -> ExitCode {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let kit = root.join("../shared/bench");
@@ -68,6 +71,7 @@ fn bench(args: Vec<String>) -> ExitCode {
             .arg(kit.join("compare.sh"))
             .args(&run_args)
             .env("BERTH_GATEWAY_CMD", &gateway_cmd)
+            .env("ROUNDS", std::env::var("ROUNDS").unwrap_or_else(|_| "5".to_owned()))
             .current_dir(&kit)
             .status();
         if !status.is_ok_and(|s| s.success()) {
