@@ -12,10 +12,14 @@
 //!
 //! Never with one CPU (the replica needs it), nor while two or more exchanges wait on the worker (the others'
 //! answers would wait for the poll). What is not watched during a poll (a new request on another client
-//! connection, an HTTP/2 replica's answer) waits at most `WINDOW`.
+//! connection, an HTTP/2 replica's answer) waits at most `WINDOW`. Whether it pays on a machine shows in
+//! `berth_gateway_busy_polls_total{outcome="answered"|"gave_up"}`.
 
-use std::cell::Cell;
+use std::cell::{Cell, OnceCell};
+use std::fmt;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
@@ -24,9 +28,9 @@ use rustix::event::{PollFd, PollFlags, Timespec, poll};
 pub(crate) const WINDOW: Duration = Duration::from_micros(100);
 
 thread_local! {
-    /// Whether this thread polls before it parks: a worker's, whose runtime runs `before_park` and never
-    /// moves a task to another thread (a `Waiting` made elsewhere does nothing).
-    static ENABLED: Cell<bool> = const { Cell::new(false) };
+    /// Set on a thread that polls before it parks: a worker's, whose runtime runs `before_park` and never
+    /// moves a task to another thread (a `Waiting` made elsewhere does nothing). Its gateway's counts.
+    static POLLING: OnceCell<Arc<PollCounts>> = const { OnceCell::new() };
     /// Exchanges on this thread that wait for their answer head.
     static WAITING: Cell<u32> = const { Cell::new(0) };
     /// The socket of the one that may be polled for.
@@ -38,10 +42,47 @@ pub(crate) fn worth_it() -> bool {
     std::thread::available_parallelism().is_ok_and(|cpus| cpus.get() >= 2)
 }
 
-/// Makes this thread one that polls: call it on a worker's thread, whose runtime has `before_park` as its
-/// `on_thread_park` hook and is single-threaded.
-pub(crate) fn enable_on_this_thread() {
-    ENABLED.set(true);
+/// Makes this thread one that polls, counting into `counts`: call it on a worker's thread, whose runtime has
+/// `before_park` as its `on_thread_park` hook and is single-threaded.
+pub(crate) fn enable_on_this_thread(counts: Arc<PollCounts>) {
+    counts.enabled.store(true, Ordering::Relaxed);
+    POLLING.with(|polling| {
+        let _ = polling.set(counts);
+    });
+}
+
+/// What one gateway's polls came to, for `berth_gateway_busy_polls_total`: whether waiting on the CPU pays
+/// on this machine (mostly `answered`) or only costs (mostly `gave_up`).
+#[derive(Debug, Default)]
+pub(crate) struct PollCounts {
+    /// A worker polls: only then is the family rendered.
+    enabled: AtomicBool,
+    answered: AtomicU64,
+    gave_up: AtomicU64,
+}
+
+impl PollCounts {
+    fn count(&self, answered: bool) {
+        let counter = if answered { &self.answered } else { &self.gave_up };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Renders the family (Prometheus text format), once a worker of this gateway polls.
+    pub(crate) fn render(&self, out: &mut String) -> fmt::Result {
+        if !self.enabled.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        const NAME: &str = "berth_gateway_busy_polls_total";
+        crate::metrics::family(
+            out,
+            NAME,
+            "counter",
+            "Waits on the CPU for a replica's answer before a worker sleeps, by outcome: the answer came \
+             within the window, or the worker gave up and slept.",
+        )?;
+        crate::metrics::sample(out, NAME, "", &[("outcome", "answered")], self.answered.load(Ordering::Relaxed))?;
+        crate::metrics::sample(out, NAME, "", &[("outcome", "gave_up")], self.gave_up.load(Ordering::Relaxed))
+    }
 }
 
 /// An exchange waiting for its answer head on `fd`, from the request written until the head is read or the
@@ -54,7 +95,7 @@ pub(crate) struct Waiting {
 impl Waiting {
     /// `spin`: the worker may poll `fd` before it parks (its replica has lately answered fast).
     pub(crate) fn start(fd: BorrowedFd<'_>, spin: bool) -> Waiting {
-        if !ENABLED.get() {
+        if POLLING.with(|polling| polling.get().is_none()) {
             return Waiting { fd: None };
         }
         let fd = fd.as_raw_fd();
@@ -84,7 +125,12 @@ pub(crate) fn before_park() {
     // its runtime moves no task elsewhere), and that one lives inside the exchange that owns the stream:
     // the descriptor is open and still that stream's.
     let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-    poll_until_readable(fd, WINDOW);
+    let answered = poll_until_readable(fd, WINDOW);
+    POLLING.with(|polling| {
+        if let Some(counts) = polling.get() {
+            counts.count(answered);
+        }
+    });
 }
 
 /// The socket to poll for: the lone waiting exchange's, when it may be.
@@ -166,7 +212,7 @@ mod tests {
         assert_eq!((target(), WAITING.get()), (None, 0), "a thread that does not poll keeps no count");
         drop(elsewhere);
 
-        enable_on_this_thread();
+        enable_on_this_thread(Arc::default());
 
         let first = Waiting::start(a.as_fd(), true);
         assert_eq!(target(), Some(a.as_raw_fd()));
@@ -182,6 +228,28 @@ mod tests {
         assert_eq!(target(), None, "the target went with the exchange that set it");
         drop(first);
         assert_eq!(WAITING.get(), 0);
+    }
+
+    #[test]
+    fn each_poll_is_counted_by_outcome_and_rendered_once_enabled() {
+        let counts = Arc::new(PollCounts::default());
+        let mut out = String::new();
+        counts.render(&mut out).expect("render");
+        assert_eq!(out, "", "a gateway whose workers do not poll shows no such family");
+
+        enable_on_this_thread(counts.clone());
+        let (mut ours, theirs) = UnixStream::pair().expect("socket pair");
+        let waiting = Waiting::start(theirs.as_fd(), true);
+        before_park();
+        ours.write_all(b"HTTP/1.1 200 OK\r\n").expect("write");
+        before_park();
+        drop(waiting);
+        before_park();
+
+        counts.render(&mut out).expect("render");
+        assert!(out.contains("berth_gateway_busy_polls_total{outcome=\"answered\"} 1\n"), "{out}");
+        assert!(out.contains("berth_gateway_busy_polls_total{outcome=\"gave_up\"} 1\n"), "{out}");
+        crate::metrics::promtool_check(&out);
     }
 
     #[test]

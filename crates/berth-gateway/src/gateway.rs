@@ -206,7 +206,8 @@ impl Gateway {
         let n_workers = self.shared.config.workers.max(1);
         let (spread, inboxes) = Spread::new(n_workers);
         let cpus = affinity::Plan::new(n_workers, self.shared.config.pin_workers);
-        let spin_for_answers = self.shared.config.busy_poll && busy_poll::worth_it();
+        let poll_counts =
+            (self.shared.config.busy_poll && busy_poll::worth_it()).then(|| self.shared.metrics.busy_polls.clone());
         for (worker, inbox) in inboxes.into_iter().enumerate() {
             let cpu = cpus.as_ref().and_then(|cpus| cpus.for_worker(worker));
             let sockets = WorkerSockets {
@@ -220,11 +221,12 @@ impl Gateway {
             let stop_rx = stop_rx.clone();
             let name = format!("berth-gateway-{worker}");
             let worker = Worker { index: worker, spread: spread.clone(), inbox };
+            let poll_counts = poll_counts.clone();
             std::thread::Builder::new().name(name).spawn(move || {
                 let mut runtime = tokio::runtime::Builder::new_current_thread();
                 runtime.enable_all();
-                if spin_for_answers {
-                    busy_poll::enable_on_this_thread();
+                if let Some(counts) = poll_counts {
+                    busy_poll::enable_on_this_thread(counts);
                     runtime.on_thread_park(busy_poll::before_park);
                 }
                 let runtime = match runtime.build() {

@@ -32,6 +32,8 @@ pub struct Metrics {
     rate_limits: rate_limit::RateLimitRegistry,
     /// The response cache's counters (rendered only once a cached route exists).
     pub(crate) cache: Arc<crate::cache::CacheMetrics>,
+    /// The workers' waits for answers on the CPU (rendered only when they poll, see `busy_poll.rs`).
+    pub(crate) busy_polls: Arc<crate::busy_poll::PollCounts>,
 }
 
 /// Why outlier detection ejected a replica of a service.
@@ -131,6 +133,7 @@ impl Metrics {
         let _ = render_families(out, &routes, &ejections);
         let _ = self.rate_limits.render(out);
         let _ = self.cache.render(out);
+        let _ = self.busy_polls.render(out);
     }
 }
 
