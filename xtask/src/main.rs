@@ -71,7 +71,7 @@ fn bench(args: Vec<String>) -> ExitCode {
             .arg(kit.join("compare.sh"))
             .args(&run_args)
             .env("BERTH_GATEWAY_CMD", &gateway_cmd)
-            .env("ROUNDS", std::env::var("ROUNDS").unwrap_or_else(|_| "5".to_owned()))
+            .env("ROUNDS", std::env::var_os("ROUNDS").unwrap_or_else(|| "5".into()))
             .current_dir(&kit)
             .status();
         if !status.is_ok_and(|s| s.success()) {
