@@ -5,12 +5,15 @@
 //! caches each time, `perf stat` in `docs/benchmarks.md`), and the peer kit's throughput at 64 connections
 //! was about 10% lower. At a low rate the opposite holds: a pinned worker must be woken on its own CPU even
 //! when the other one is where the packet arrived, and the p99 at 120 req/s was worse in every round. So each
-//! worker looks at its own CPU time: every 50 ms while free (load that arrives is pinned within one check,
-//! so few of its requests see the unpinned worker; checking every 500 ms, the first half second of a
-//! saturating run raised its p99 by half), every 500 ms while pinned. Above `PIN_ABOVE` busy it stays on
+//! worker looks at its own CPU time, at the first request it starts once a check is due: every 50 ms while
+//! free (load that arrives is pinned within one check, so few of its requests see the unpinned worker;
+//! checking every 500 ms, the first half second of a saturating run raised its p99 by half), every 500 ms
+//! while pinned. On the request path, not on a timer: an idle worker is never woken for it, and at 120 req/s
+//! the check costs no wake-up of its own. Above `PIN_ABOVE` busy it stays on
 //! its CPU; below `FREE_BELOW`, it may run anywhere again. With any other worker count (a configured
 //! `workers`, a CPU quota below the CPU mask) the scheduler places them as it sees fit.
 
+use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 use rustix::thread::{CpuSet, sched_getaffinity, sched_setaffinity};
@@ -58,32 +61,70 @@ pub(crate) struct WorkerCpu {
 }
 
 impl WorkerCpu {
-    /// Runs on the worker's own runtime for the worker's lifetime: pins the thread while it is busy, frees it
-    /// when it is not.
-    pub(crate) async fn follow_load(self) {
-        let mut pinned = false;
+    /// Makes this thread follow its load from now on: `on_request` looks at how busy it was whenever a
+    /// check is due. Call it on the worker's own thread.
+    pub(crate) fn follow_load_on_this_thread(self) {
         // Without the thread's CPU time (no procfs), the scheduler keeps placing the worker.
         let Some(clock) = ThreadClock::open() else { return };
         let Some(cpu_time) = clock.read() else { return };
-        let mut last = (Instant::now(), cpu_time);
-        loop {
-            tokio::time::sleep(if pinned { CHECK_PINNED } else { CHECK_FREE }).await;
-            let Some(cpu_time) = clock.read() else { return };
-            let now = (Instant::now(), cpu_time);
-            let wall = now.0.saturating_duration_since(last.0).as_secs_f64();
-            let busy = if wall > 0.0 { now.1.saturating_sub(last.1).as_secs_f64() / wall } else { 0.0 };
-            last = now;
-            if let Some(pin) = next_state(pinned, busy) {
-                let set = if pin { &self.own } else { &self.allowed };
-                match sched_setaffinity(None, set) {
-                    Ok(()) => pinned = pin,
-                    // A seccomp filter, a CPU gone offline: the scheduler keeps placing the worker.
-                    Err(error) if pin => return tracing::debug!(error = %error, "gateway worker not pinned"),
-                    // Still pinned: freeing it is tried again at the next check.
-                    Err(error) => tracing::debug!(error = %error, "gateway worker not freed yet"),
+        let now = Instant::now();
+        FOLLOWER.set(Some(Follower { cpu: self, clock, pinned: false, last: (now, cpu_time) }));
+        NEXT_CHECK.set(Some(now + CHECK_FREE));
+    }
+}
+
+thread_local! {
+    /// A worker thread's CPU placement, when it follows its load.
+    static FOLLOWER: Cell<Option<Follower>> = const { Cell::new(None) };
+    /// When that worker next looks at how busy it was (`None`: it does not).
+    static NEXT_CHECK: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// Called for each request a worker starts, with the time it started: the check runs on the request path
+/// when due, so a worker that serves nothing is never woken for it (an idle worker keeps whatever
+/// placement it had; its next request finds out it has been idle).
+pub(crate) fn on_request(now: Instant) {
+    if NEXT_CHECK.get().is_some_and(|due| now >= due) {
+        let Some(mut follower) = FOLLOWER.take() else { return };
+        let next = follower.check(now);
+        NEXT_CHECK.set(next);
+        if next.is_some() {
+            FOLLOWER.set(Some(follower));
+        }
+    }
+}
+
+/// One worker's placement and what it was at the last check.
+struct Follower {
+    cpu: WorkerCpu,
+    clock: ThreadClock,
+    pinned: bool,
+    /// The time and the thread's CPU time at the last check.
+    last: (Instant, Duration),
+}
+
+impl Follower {
+    /// Pins or frees the thread for how busy it was since the last check; returns when to check next
+    /// (`None`: the thread's CPU time or its placement cannot be changed, stop following).
+    fn check(&mut self, now: Instant) -> Option<Instant> {
+        let cpu_time = self.clock.read()?;
+        let wall = now.saturating_duration_since(self.last.0).as_secs_f64();
+        let busy = if wall > 0.0 { cpu_time.saturating_sub(self.last.1).as_secs_f64() / wall } else { 0.0 };
+        self.last = (now, cpu_time);
+        if let Some(pin) = next_state(self.pinned, busy) {
+            let set = if pin { &self.cpu.own } else { &self.cpu.allowed };
+            match sched_setaffinity(None, set) {
+                Ok(()) => self.pinned = pin,
+                // A seccomp filter, a CPU gone offline: the scheduler keeps placing the worker.
+                Err(error) if pin => {
+                    tracing::debug!(error = %error, "gateway worker not pinned");
+                    return None;
                 }
+                // Still pinned: freeing it is tried again at the next check.
+                Err(error) => tracing::debug!(error = %error, "gateway worker not freed yet"),
             }
         }
+        Some(now + if self.pinned { CHECK_PINNED } else { CHECK_FREE })
     }
 }
 
@@ -138,6 +179,28 @@ mod tests {
             Some(plan) => assert!(plan.for_worker(allowed - 1).is_some() && plan.for_worker(allowed).is_none()),
             None => assert_eq!(allowed, 1, "a single CPU needs no plan"),
         }
+    }
+
+    #[test]
+    fn a_following_thread_checks_on_a_request_only_once_a_check_is_due() {
+        let allowed = sched_getaffinity(None).expect("affinity").count() as usize;
+        let Some(cpu) = Plan::new(allowed, true).and_then(|plan| plan.for_worker(0)) else {
+            return; // one CPU: nothing to follow
+        };
+        std::thread::spawn(move || {
+            on_request(Instant::now());
+            assert_eq!(NEXT_CHECK.get(), None, "a thread that does not follow never checks");
+            cpu.follow_load_on_this_thread();
+            let due = NEXT_CHECK.get().expect("following");
+            on_request(due - Duration::from_millis(1));
+            assert_eq!(NEXT_CHECK.get(), Some(due), "not due yet");
+            // An idle worker's first request: it was not busy, so it stays free and checks again soon.
+            let later = due + Duration::from_secs(1);
+            on_request(later);
+            assert_eq!(NEXT_CHECK.get(), Some(later + CHECK_FREE));
+        })
+        .join()
+        .expect("follower thread");
     }
 
     #[test]

@@ -121,12 +121,18 @@ impl EndpointState {
     /// An endpoint is stalled when it has work in flight and has answered nothing for much longer than it
     /// ever needed: a hung process whose port is still open.
     pub(crate) fn is_stalled(&self, now: Instant, min_stall: Duration) -> bool {
+        self.stalls_at(min_stall).is_some_and(|at| now >= at)
+    }
+
+    /// When the endpoint counts as stalled if it answers nothing until then: `None` while it has no work in
+    /// flight (or has never answered), when it cannot be before `min_stall` after its next request starts.
+    pub(crate) fn stalls_at(&self, min_stall: Duration) -> Option<Instant> {
         if self.outstanding() == 0 || !self.answered_once.load(Ordering::Relaxed) {
-            return false;
+            return None;
         }
-        let silent_ms = self.ms_since_epoch(now).saturating_sub(self.last_progress_ms.load(Ordering::Relaxed));
         let threshold = (self.slow_watermark_ms.load(Ordering::Relaxed) * 4).max(min_stall.as_millis() as u64);
-        silent_ms > threshold
+        let silent_since = self.last_progress_ms.load(Ordering::Relaxed);
+        Some(self.epoch + Duration::from_millis(silent_since + threshold + 1))
     }
 
     /// Stores only what changes: every worker's answers from this endpoint come through here, and a store
@@ -282,5 +288,18 @@ mod tests {
         ep.slow_watermark_ms.store(2000, Ordering::Relaxed);
         assert!(!ep.is_stalled(t0 + Duration::from_secs(5), Duration::from_secs(1)));
         assert!(ep.is_stalled(t0 + Duration::from_secs(9), Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn an_endpoint_stalls_when_its_silence_passes_the_threshold_and_not_before() {
+        let ep = endpoint();
+        let min_stall = Duration::from_secs(1);
+        assert_eq!(ep.stalls_at(min_stall), None, "nothing in flight");
+        ep.begin().finish(Outcome::Success);
+        assert_eq!(ep.stalls_at(min_stall), None, "answered, nothing in flight");
+        let _pending = ep.begin();
+        let at = ep.stalls_at(min_stall).expect("work in flight");
+        assert!(!ep.is_stalled(at - Duration::from_millis(1), min_stall));
+        assert!(ep.is_stalled(at, min_stall));
     }
 }

@@ -233,12 +233,10 @@ impl Gateway {
                     Ok(runtime) => runtime,
                     Err(error) => return warn!(error = %error, "cannot start a gateway worker"),
                 };
-                runtime.block_on(async move {
-                    if let Some(cpu) = cpu {
-                        tokio::spawn(cpu.follow_load());
-                    }
-                    worker_loop(shared, sockets, worker, stop_rx).await
-                });
+                if let Some(cpu) = cpu {
+                    cpu.follow_load_on_this_thread();
+                }
+                runtime.block_on(worker_loop(shared, sockets, worker, stop_rx));
             })?;
         }
         // Dropping this future (the daemon stopping the gateway) stops the workers and the QUIC endpoint.
@@ -369,22 +367,30 @@ impl Shared {
     }
 }
 
+/// The shortest wait between two looks for stalls, however soon an endpoint could stall.
+const STALL_RECHECK: Duration = Duration::from_millis(100);
+
 /// Ejects endpoints that hold requests but answer nothing: a hung replica stops getting traffic within
-/// about a second, long before health probes notice.
+/// about a second, long before health probes notice. Wakes when the first endpoint could stall (the
+/// watermark and silence of each, see `EndpointState::stalls_at`), at most `stall_after` apart: about once
+/// a second while replicas answer, not ten times.
 async fn watch_stalls(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let min_stall = shared.config.stall_after;
     loop {
-        tick.tick().await;
-        let snapshot = shared.snapshot();
         let now = Instant::now();
-        for service in snapshot.services() {
+        let mut next = now + min_stall;
+        for service in shared.snapshot().services() {
             for endpoint in service.groups.iter().flat_map(|group| group.endpoints.iter()) {
-                if !endpoint.is_ejected(now) && endpoint.is_stalled(now, shared.config.stall_after) {
+                if !endpoint.is_ejected(now) && endpoint.is_stalled(now, min_stall) {
                     shared.eject(service, endpoint, EjectReason::Stalled);
+                }
+                if let Some(at) = endpoint.stalls_at(min_stall) {
+                    next = next.min(at);
                 }
             }
         }
+        // An endpoint stalled but not ejected (ejected already, or too many are) is looked at again soon.
+        tokio::time::sleep_until(next.max(now + STALL_RECHECK).into()).await;
     }
 }
 

@@ -78,6 +78,7 @@ pub(crate) async fn handle_keeping_fields(
     req: Request<ClientBody>,
 ) -> Result<Response<ResBody>, Infallible> {
     let started = Instant::now();
+    crate::affinity::on_request(started);
     let access = shared.config.access_log.then(|| AccessRequest::new(&req, peer));
     let snapshot = shared.snapshot();
     let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).or(req.uri().host());
