@@ -9,9 +9,9 @@
 //! free (load that arrives is pinned within one check, so few of its requests see the unpinned worker;
 //! checking every 500 ms, the first half second of a saturating run raised its p99 by half), every 500 ms
 //! while pinned. On the request path, not on a timer: an idle worker is never woken for it, and at 120 req/s
-//! the check costs no wake-up of its own. Above `PIN_ABOVE` busy it stays on
-//! its CPU; below `FREE_BELOW`, it may run anywhere again. With any other worker count (a configured
-//! `workers`, a CPU quota below the CPU mask) the scheduler places them as it sees fit.
+//! the check costs no wake-up of its own. Above `PIN_ABOVE` busy it stays on its CPU; below `FREE_BELOW`,
+//! it may run anywhere again. With any other worker count (a configured `workers`, a CPU quota below the
+//! CPU mask) the scheduler places them as it sees fit.
 
 use std::cell::Cell;
 use std::time::{Duration, Instant};
@@ -76,7 +76,8 @@ impl WorkerCpu {
 thread_local! {
     /// A worker thread's CPU placement, when it follows its load.
     static FOLLOWER: Cell<Option<Follower>> = const { Cell::new(None) };
-    /// When that worker next looks at how busy it was (`None`: it does not).
+    /// When that worker next looks at how busy it was (`None`: it does not): apart from `FOLLOWER` so that
+    /// a request that finds no check due reads one `Cell`.
     static NEXT_CHECK: Cell<Option<Instant>> = const { Cell::new(None) };
 }
 

@@ -119,7 +119,8 @@ impl EndpointState {
     }
 
     /// An endpoint is stalled when it has work in flight and has answered nothing for much longer than it
-    /// ever needed: a hung process whose port is still open.
+    /// ever needed: a hung process whose port is still open. (The stall watcher compares `stalls_at` itself.)
+    #[cfg(test)]
     pub(crate) fn is_stalled(&self, now: Instant, min_stall: Duration) -> bool {
         self.stalls_at(min_stall).is_some_and(|at| now >= at)
     }

@@ -381,12 +381,11 @@ async fn watch_stalls(shared: Arc<Shared>) {
         let mut next = now + min_stall;
         for service in shared.snapshot().services() {
             for endpoint in service.groups.iter().flat_map(|group| group.endpoints.iter()) {
-                if !endpoint.is_ejected(now) && endpoint.is_stalled(now, min_stall) {
+                let Some(at) = endpoint.stalls_at(min_stall) else { continue };
+                if now >= at && !endpoint.is_ejected(now) {
                     shared.eject(service, endpoint, EjectReason::Stalled);
                 }
-                if let Some(at) = endpoint.stalls_at(min_stall) {
-                    next = next.min(at);
-                }
+                next = next.min(at);
             }
         }
         // An endpoint stalled but not ejected (ejected already, or too many are) is looked at again soon.
