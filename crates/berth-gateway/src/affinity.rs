@@ -5,7 +5,8 @@
 //! caches each time, `perf stat` in `docs/benchmarks.md`), and the peer kit's throughput at 64 connections
 //! was about 10% lower. At a low rate the opposite holds: a pinned worker must be woken on its own CPU even
 //! when the other one is where the packet arrived, and the p99 at 120 req/s was worse in every round. So each
-//! worker looks at its own CPU time, at the first request it starts once a check is due: every 50 ms while
+//! worker looks at its own CPU time once a check is due and it has started a request since, when it next
+//! parks (while it waits for the replica's answer, not on the request's way to it): every 50 ms while
 //! free (load that arrives is pinned within one check, so few of its requests see the unpinned worker;
 //! checking every 500 ms, the first half second of a saturating run raised its p99 by half), every 500 ms
 //! while pinned. On the request path, not on a timer: an idle worker is never woken for it, and at 120 req/s
@@ -61,8 +62,9 @@ pub(crate) struct WorkerCpu {
 }
 
 impl WorkerCpu {
-    /// Makes this thread follow its load from now on: `on_request` looks at how busy it was whenever a
-    /// check is due. Call it on the worker's own thread.
+    /// Makes this thread follow its load from now on: it looks at how busy it was whenever a check is due
+    /// (`on_request`, `before_park`). Call it on the worker's own thread, whose runtime calls `before_park`
+    /// when it parks.
     pub(crate) fn follow_load_on_this_thread(self) {
         // Without the thread's CPU time (no procfs), the scheduler keeps placing the worker.
         let Some(clock) = ThreadClock::open() else { return };
@@ -79,19 +81,38 @@ thread_local! {
     /// When that worker next looks at how busy it was (`None`: it does not): apart from `FOLLOWER` so that
     /// a request that finds no check due reads one `Cell`.
     static NEXT_CHECK: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// A check has fallen due and runs when the worker next parks.
+    static CHECK_AT_PARK: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Called for each request a worker starts, with the time it started: the check runs on the request path
-/// when due, so a worker that serves nothing is never woken for it (an idle worker keeps whatever
-/// placement it had; its next request finds out it has been idle).
+/// Called for each request a worker starts, with the time it started: a check falls due on the request
+/// path, so a worker that serves nothing is never woken for it (an idle worker keeps whatever placement it
+/// had; its next request finds out it has been idle). The check itself, a read of the thread's CPU time,
+/// waits for `before_park`, when the worker has written the request and waits for the answer, rather than
+/// standing between the request's arrival and its forwarding; a worker so busy that it has not parked
+/// for `CHECK_FREE` after a check fell due checks on the request path.
 pub(crate) fn on_request(now: Instant) {
-    if NEXT_CHECK.get().is_some_and(|due| now >= due) {
-        let Some(mut follower) = FOLLOWER.take() else { return };
-        let next = follower.check(now);
-        NEXT_CHECK.set(next);
-        if next.is_some() {
-            FOLLOWER.set(Some(follower));
-        }
+    match NEXT_CHECK.get() {
+        Some(due) if now >= due + CHECK_FREE => check_now(now),
+        Some(due) if now >= due => CHECK_AT_PARK.set(true),
+        _ => {}
+    }
+}
+
+/// Runs the check `on_request` found due, if there is one: call it when the worker's runtime parks.
+pub(crate) fn before_park() {
+    if CHECK_AT_PARK.get() {
+        check_now(Instant::now());
+    }
+}
+
+fn check_now(now: Instant) {
+    CHECK_AT_PARK.set(false);
+    let Some(mut follower) = FOLLOWER.take() else { return };
+    let next = follower.check(now);
+    NEXT_CHECK.set(next);
+    if next.is_some() {
+        FOLLOWER.set(Some(follower));
     }
 }
 
@@ -183,22 +204,33 @@ mod tests {
     }
 
     #[test]
-    fn a_following_thread_checks_on_a_request_only_once_a_check_is_due() {
+    fn a_following_thread_checks_when_it_parks_once_a_check_is_due() {
         let allowed = sched_getaffinity(None).expect("affinity").count() as usize;
         let Some(cpu) = Plan::new(allowed, true).and_then(|plan| plan.for_worker(0)) else {
             return; // one CPU: nothing to follow
         };
         std::thread::spawn(move || {
             on_request(Instant::now());
+            before_park();
             assert_eq!(NEXT_CHECK.get(), None, "a thread that does not follow never checks");
             cpu.follow_load_on_this_thread();
             let due = NEXT_CHECK.get().expect("following");
             on_request(due - Duration::from_millis(1));
+            before_park();
             assert_eq!(NEXT_CHECK.get(), Some(due), "not due yet");
-            // An idle worker's first request: it was not busy, so it stays free and checks again soon.
-            let later = due + Duration::from_secs(1);
-            on_request(later);
-            assert_eq!(NEXT_CHECK.get(), Some(later + CHECK_FREE));
+            // Due: the request goes on at once, the check waits until the worker parks.
+            on_request(due);
+            assert_eq!(NEXT_CHECK.get(), Some(due), "not on the request's way");
+            before_park();
+            let next = NEXT_CHECK.get().expect("still following");
+            assert!(next > due, "checked at the park, the next check set from then");
+            before_park();
+            assert_eq!(NEXT_CHECK.get(), Some(next), "one check per due one");
+            // A worker that has not parked for a whole interval since a check fell due checks at once. It
+            // was idle, so it stays free and checks again soon.
+            let late = next + CHECK_FREE + Duration::from_secs(1);
+            on_request(late);
+            assert_eq!(NEXT_CHECK.get(), Some(late + CHECK_FREE));
         })
         .join()
         .expect("follower thread");

@@ -24,7 +24,7 @@ use crate::spread::{Handoff, Spread};
 use crate::table::{Registry, RouteEntry, RoutingTable, ServiceEntry, Snapshot};
 use crate::tls::{Tls, TlsConfig};
 use crate::upstream::UpstreamClient;
-use crate::{affinity, busy_poll};
+use crate::{affinity, attempt_timer, busy_poll};
 use crate::{h3, headers, serve_h1};
 
 /// Source of `Shared::id`.
@@ -224,10 +224,9 @@ impl Gateway {
             let poll_counts = poll_counts.clone();
             std::thread::Builder::new().name(name).spawn(move || {
                 let mut runtime = tokio::runtime::Builder::new_current_thread();
-                runtime.enable_all();
+                runtime.enable_all().on_thread_park(before_park);
                 if let Some(counts) = poll_counts {
                     busy_poll::enable_on_this_thread(counts);
-                    runtime.on_thread_park(busy_poll::before_park);
                 }
                 let runtime = match runtime.build() {
                     Ok(runtime) => runtime,
@@ -236,7 +235,11 @@ impl Gateway {
                 if let Some(cpu) = cpu {
                     cpu.follow_load_on_this_thread();
                 }
-                runtime.block_on(worker_loop(shared, sockets, worker, stop_rx));
+                runtime.block_on(async {
+                    attempt_timer::keep_on_this_thread();
+                    worker_loop(shared, sockets, worker, stop_rx).await;
+                    attempt_timer::stop_keeping_on_this_thread();
+                });
             })?;
         }
         // Dropping this future (the daemon stopping the gateway) stops the workers and the QUIC endpoint.
@@ -397,6 +400,14 @@ async fn watch_stalls(shared: Arc<Shared>) {
 struct WorkerSockets {
     http: Option<(std::net::TcpListener, Arc<Ingress>)>,
     https: Option<(std::net::TcpListener, TlsAcceptor, Arc<Ingress>)>,
+}
+
+/// What a worker does when it has nothing left to run, just before it sleeps: its own bookkeeping (which
+/// overlaps the wait for a replica's answer instead of delaying the request), then the wait on the CPU
+/// for a fast replica's answer.
+fn before_park() {
+    affinity::before_park();
+    busy_poll::before_park();
 }
 
 /// A worker's HTTP server settings, shared by its connections.

@@ -10,6 +10,7 @@
 
 mod access_log;
 mod affinity;
+mod attempt_timer;
 mod balance;
 mod budget;
 mod busy_poll;

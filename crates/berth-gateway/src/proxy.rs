@@ -19,6 +19,7 @@ use smallvec::SmallVec;
 use tracing::debug;
 
 use crate::access_log::{AccessRequest, Destination};
+use crate::attempt_timer;
 use crate::balance::{self, Groups};
 use crate::endpoint::{EndpointState, Outcome};
 use crate::error::ProxyError;
@@ -339,10 +340,10 @@ async fn attempt_all<'a>(
         // Most answers come quickly: only a slow one waits on the endpoint's ejection signal, which
         // costs a registration on a lock shared by every request to that endpoint.
         let quick = per_try.min(EJECTION_WATCH_AFTER);
-        let outcome = match tokio::time::timeout_at((now + quick).into(), &mut send).await {
-            Ok(res) => classify(res),
-            Err(_) if quick == per_try => Attempted::TimedOut,
-            Err(_) => {
+        let outcome = match attempt_timer::before(now + quick, &mut send).await {
+            Some(res) => classify(res),
+            None if quick == per_try => Attempted::TimedOut,
+            None => {
                 // Register before looking at the flag, so an ejection in between is not missed.
                 let ejected = endpoint.ejected.notified();
                 tokio::pin!(ejected);
