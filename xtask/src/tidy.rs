@@ -1,5 +1,5 @@
 //! Repository checks run as tests: every Rust module starts with a `//!` doc comment, the tree is formatted,
-//! and the HTTPS bench script parses.
+//! and the bench scripts parse.
 
 use std::path::{Path, PathBuf};
 
@@ -56,16 +56,30 @@ fn the_tree_is_formatted() {
 }
 
 #[test]
-fn the_https_bench_script_parses() {
-    let script = root().join("bench/https/compare-https.sh");
-    let out = std::process::Command::new("bash").arg("-n").arg(&script).output();
-    match out {
-        Ok(out) => assert!(
-            out.status.success(),
-            "bash -n {} failed:\n{}",
-            script.display(),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-        Err(error) => panic!("cannot run bash: {error}"),
+fn the_bench_scripts_parse() {
+    let mut scripts = Vec::new();
+    let mut dirs = vec![root().join("bench")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|error| panic!("{}: {error}", dir.display())) {
+            let path = entry.expect("directory entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|ext| ext == "sh") {
+                scripts.push(path);
+            }
+        }
+    }
+    assert!(scripts.len() >= 3, "bench scripts found: {scripts:?}");
+    for script in scripts {
+        let out = std::process::Command::new("bash").arg("-n").arg(&script).output();
+        match out {
+            Ok(out) => assert!(
+                out.status.success(),
+                "bash -n {} failed:\n{}",
+                script.display(),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            Err(error) => panic!("cannot run bash: {error}"),
+        }
     }
 }

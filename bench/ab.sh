@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# ab.sh — A/B of gateway builds beside nginx, in alternating rounds, on one upstream.
+#
+#   bench/ab.sh [--throughput] NAME=BINARY [NAME=BINARY ...]
+#
+# For a change to the gateway, `cargo xtask bench` says where berth stands against its peers; this says
+# whether the change moved it. Every binary runs `berth gateway` in front of the kit's upstream (one nginx
+# worker, ../shared/bench/conf/upstream.nginx.conf), beside the kit's nginx proxy; each round measures
+# nginx and every build in turn, so slow drifts of the machine hit them alike, and the summary gives the
+# median of the rounds and its ratio to nginx's. Default: latency at a fixed rate (oha, corrected for
+# coordinated omission); --throughput: wrk at saturation. CPU per request is each target's own CPU time
+# (utime + stime of its processes, in clock ticks: coarse in short rounds) over the requests served.
+#
+# Knobs: ROUNDS=6, SECS=12 (per measurement), RATE=120 and CONNS=16 (latency), CONNS=64 (throughput).
+# Needs nginx, oha, wrk, curl, python3 (../shared/bench/setup.sh). Loopback only; every run is bounded.
+#
+# Example: bench/ab.sh before=/tmp/berth-before after=target/release/berth
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+CONF="$HERE/../../shared/bench/conf"
+MODE=latency
+if [ "${1:-}" = --throughput ]; then MODE=throughput; shift; fi
+if [ "$#" -eq 0 ] || [ "${1:-}" = -h ] || [ "${1:-}" = --help ]; then sed -n '2,18p' "$0"; exit 2; fi
+ROUNDS="${ROUNDS:-6}"
+SECS="${SECS:-12}"
+RATE="${RATE:-120}"
+if [ "$MODE" = latency ]; then CONNS="${CONNS:-16}"; else CONNS="${CONNS:-64}"; fi
+die() { echo "ab.sh: $*" >&2; exit 2; }
+[[ "$ROUNDS" =~ ^[0-9]+$ ]] && [ "$ROUNDS" -ge 1 ] && [ "$ROUNDS" -le 20 ] || die "ROUNDS must be 1..20"
+[[ "$SECS" =~ ^[0-9]+$ ]] && [ "$SECS" -ge 1 ] && [ "$SECS" -le 120 ] || die "SECS must be 1..120"
+for tool in nginx oha wrk curl python3; do
+  command -v "$tool" >/dev/null || die "$tool is not installed (run ../shared/bench/setup.sh)"
+done
+[ -f "$CONF/upstream.nginx.conf" ] || die "$CONF not found: the peer kit lives in ../shared/bench"
+
+RUN="$(mktemp -d)"
+PIDS=()
+cleanup() {
+  {
+    for pid in "${PIDS[@]}"; do kill "$pid" || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" || true; done
+  } 2>/dev/null
+  rm -rf "$RUN"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+render() { # template output port upstream_port
+  sed -e "s|@RUN_DIR@|$RUN|g" -e "s|@PORT@|$3|g" -e "s|@UPSTREAM_PORT@|$4|g" -e "s|@NPROC@|$(nproc)|g" "$1" > "$2"
+}
+answers() { # port
+  for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$1/" && return 0; sleep 0.1; done
+  return 1
+}
+# CPU time (clock ticks) of a process and its children, threads included.
+cpu_ticks() { # pid
+  local total=0 pid
+  for pid in $1 $(pgrep -P "$1" || true); do
+    total=$(( total + $(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0) ))
+  done
+  echo "$total"
+}
+
+declare -A PORT=() PID=()
+NAMES=(nginx)
+mkdir -p "$RUN/upstream-tmp" "$RUN/nginx-tmp"
+upstream_port="$(free_port)"
+render "$CONF/upstream.nginx.conf" "$RUN/upstream.conf" "$upstream_port" "$upstream_port"
+nginx -p "$RUN" -e "$RUN/upstream.error.log" -c "$RUN/upstream.conf" & PIDS+=($!)
+answers "$upstream_port" || die "the upstream did not answer"
+PORT[nginx]="$(free_port)"
+render "$CONF/nginx.conf" "$RUN/nginx.conf" "${PORT[nginx]}" "$upstream_port"
+nginx -p "$RUN" -e "$RUN/nginx.error.log" -c "$RUN/nginx.conf" & PID[nginx]=$!; PIDS+=($!)
+for spec in "$@"; do
+  name="${spec%%=*}"; bin="${spec#*=}"
+  [ "$name" != "$spec" ] && [ -n "$name" ] && [ "$name" != nginx ] || die "'$spec': say NAME=BINARY (NAME not nginx)"
+  [ -z "${PORT[$name]:-}" ] || die "'$name' is named twice"
+  [ -x "$bin" ] || die "$bin is not an executable"
+  PORT[$name]="$(free_port)"
+  "$bin" gateway --listen "127.0.0.1:${PORT[$name]}" --upstream "127.0.0.1:$upstream_port" > "$RUN/$name.log" 2>&1 &
+  PID[$name]=$!; PIDS+=($!); NAMES+=("$name")
+done
+for name in "${NAMES[@]}"; do
+  answers "${PORT[$name]}" || { tail -5 "$RUN/$name.log" >&2 || true; die "$name did not answer on ${PORT[$name]}"; }
+  timeout 20 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:${PORT[$name]}/" > /dev/null # warm-up
+done
+
+if [ "$MODE" = latency ]; then
+  echo "== oha -q $RATE -c $CONNS -z ${SECS}s --latency-correction, $ROUNDS alternating rounds: ${NAMES[*]}"
+else
+  echo "== wrk -t1 -c$CONNS -d${SECS}s, $ROUNDS alternating rounds: ${NAMES[*]}"
+fi
+results="$RUN/results.tsv"
+hz="$(getconf CLK_TCK)"
+for round in $(seq "$ROUNDS"); do
+  for name in "${NAMES[@]}"; do
+    sleep 1
+    url="http://127.0.0.1:${PORT[$name]}/"
+    before="$(cpu_ticks "${PID[$name]}")"
+    if [ "$MODE" = latency ]; then
+      timeout $(( SECS + 30 )) oha --no-tui --output-format json --latency-correction -w -z "${SECS}s" -q "$RATE" \
+        -c "$CONNS" -t 5s "$url" > "$RUN/out.json" 2>/dev/null || true
+      line="$(python3 -c 'import json,sys
+d=json.load(open(sys.argv[1])); p=d["latencyPercentiles"]; s=d["summary"]
+n=sum(d.get("statusCodeDistribution", {}).values())
+print("%.0f\t%.3f\t%.3f\t%.3f\t%d" % (n, p["p50"]*1e3, p["p90"]*1e3, p["p99"]*1e3, round(n * (1 - (s["successRate"] or 0)))))' \
+        "$RUN/out.json" 2>/dev/null)" || die "$name round $round: oha gave no result"
+    else
+      line="$(timeout $(( SECS + 30 )) wrk -t1 -c"$CONNS" -d"${SECS}s" --timeout 5s "$url" | python3 -c 'import re,sys
+t=sys.stdin.read(); n=int(re.search(r"(\d+) requests in", t).group(1))
+bad=sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", t))
+m=re.search(r"Non-2xx or 3xx responses: (\d+)", t); bad+=int(m.group(1)) if m else 0
+print("%d\t%.1f\t%d" % (n, n / float(sys.argv[1]), bad))' "$SECS")" || die "$name round $round: wrk gave no result"
+    fi
+    after="$(cpu_ticks "${PID[$name]}")"
+    requests="${line%%$'\t'*}"
+    cpu_us="$(python3 -c 'import sys; t,h,n=map(float,sys.argv[1:]); print("%.1f" % (t/h*1e6/n if n else 0))' \
+      "$(( after - before ))" "$hz" "$requests")"
+    printf '%s\t%s\t%s\t%s\n' "$round" "$name" "$line" "$cpu_us" | tee -a "$results" | sed 's/^/  /'
+  done
+done
+
+python3 - "$MODE" "$results" "${NAMES[@]}" <<'PY'
+import statistics, sys
+mode, path, names = sys.argv[1], sys.argv[2], sys.argv[3:]
+rows = [line.rstrip("\n").split("\t") for line in open(path)]
+if mode == "latency":
+    cols = [("p50 ms", 3), ("p90 ms", 4), ("p99 ms", 5)]
+    errors, cpu = 6, 7
+else:
+    cols = [("req/s", 3)]
+    errors, cpu = 4, 5
+med = {n: {c: statistics.median(float(r[i]) for r in rows if r[1] == n) for c, i in cols + [("cpu us/req", cpu)]}
+       for n in names}
+head = ["target"] + [c for c, _ in cols] + ["cpu us/req", "errors"] + ["%s/nginx" % c.split()[0] for c, _ in cols]
+print("\nMedians of the rounds (ratios: target median / nginx median)")
+print("  ".join("%-10s" % h for h in head))
+for n in names:
+    errs = sum(int(r[errors]) for r in rows if r[1] == n)
+    digits = 3 if mode == "latency" else 0
+    vals = ["%-10.*f" % (digits, med[n][c]) for c, _ in cols] + ["%-10.1f" % med[n]["cpu us/req"], "%-10d" % errs]
+    ratios = ["%-10.2f" % (med[n][c] / med["nginx"][c] if med["nginx"][c] else 0) for c, _ in cols]
+    print("  ".join(["%-10s" % n] + vals + ratios))
+PY
