@@ -109,7 +109,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_worker_reuses_its_timers_and_a_kept_one_moved_earlier_still_fires() {
+    async fn a_worker_reuses_its_timers_moved_earlier_or_after_they_fell_due() {
         keep_on_this_thread();
         assert_eq!(before(Instant::now() + Duration::from_secs(60), async { 1 }).await, Some(1));
         assert_eq!(kept(), 1, "the attempt's timer is kept, still armed a minute out");
@@ -120,9 +120,17 @@ mod tests {
         let outcome = tokio::time::timeout(Duration::from_secs(10), late).await;
         assert_eq!(outcome, Ok(None), "the earlier deadline ends the wait, not the kept one");
         assert_eq!(kept(), 1);
+        // The kept timer has fallen due by now: handed on, it waits for its new deadline, not at all.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let slow_answer = async {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            3
+        };
+        assert_eq!(before(Instant::now() + Duration::from_secs(60), slow_answer).await, Some(3));
+        assert_eq!(kept(), 1);
         stop_keeping_on_this_thread();
         assert_eq!(kept(), 0);
-        assert_eq!(before(Instant::now() + Duration::from_secs(60), async { 3 }).await, Some(3));
+        assert_eq!(before(Instant::now() + Duration::from_secs(60), async { 4 }).await, Some(4));
         assert_eq!(kept(), 0, "nothing is kept once the worker stops keeping");
     }
 }
