@@ -89,11 +89,11 @@ thread_local! {
 /// path, so a worker that serves nothing is never woken for it (an idle worker keeps whatever placement it
 /// had; its next request finds out it has been idle). The check itself, a read of the thread's CPU time,
 /// waits for `before_park`, when the worker has written the request and waits for the answer, rather than
-/// standing between the request's arrival and its forwarding; a worker so busy that it has not parked
-/// for `CHECK_FREE` after a check fell due checks on the request path.
+/// standing between the request's arrival and its forwarding. A worker so busy that it has not parked
+/// since a request found the check due checks on the request path, once `CHECK_FREE` is past.
 pub(crate) fn on_request(now: Instant) {
     match NEXT_CHECK.get() {
-        Some(due) if now >= due + CHECK_FREE => check_now(now),
+        Some(due) if now >= due + CHECK_FREE && CHECK_AT_PARK.get() => check_now(now),
         Some(due) if now >= due => CHECK_AT_PARK.set(true),
         _ => {}
     }
@@ -226,9 +226,12 @@ mod tests {
             assert!(next > due, "checked at the park, the next check set from then");
             before_park();
             assert_eq!(NEXT_CHECK.get(), Some(next), "one check per due one");
-            // A worker that has not parked for a whole interval since a check fell due checks at once. It
-            // was idle, so it stays free and checks again soon.
-            let late = next + CHECK_FREE + Duration::from_secs(1);
+            // The first request after a long pause finds the check due: still at the park.
+            let late = next + Duration::from_secs(1);
+            on_request(late);
+            assert_eq!(NEXT_CHECK.get(), Some(next), "not on the request's way after a pause");
+            // A worker that has not parked since, a whole interval past due, checks at once. It was idle,
+            // so it stays free and checks again soon.
             on_request(late);
             assert_eq!(NEXT_CHECK.get(), Some(late + CHECK_FREE));
         })
