@@ -6,10 +6,10 @@
 //! was about 10% lower. At a low rate the opposite holds: a pinned worker must be woken on its own CPU even
 //! when the other one is where the packet arrived, and the p99 at 120 req/s was worse in every round. So each
 //! worker looks at its own CPU time once a check is due and it has started a request since, when it next
-//! parks (while it waits for the replica's answer, not on the request's way to it): every 50 ms while
-//! free (load that arrives is pinned within one check, so few of its requests see the unpinned worker;
-//! checking every 500 ms, the first half second of a saturating run raised its p99 by half), every 500 ms
-//! while pinned. On the request path, not on a timer: an idle worker is never woken for it, and at 120 req/s
+//! parks with nothing to do (while it waits for the replica's answer, not on the request's way to it, nor
+//! on the answer's when it is already there): every 50 ms while free (load that arrives is pinned within
+//! one check, so few of its requests see the unpinned worker; checking every 500 ms, the first half second
+//! of a saturating run raised its p99 by half), every 500 ms while pinned. On the request path, not on a timer: an idle worker is never woken for it, and at 120 req/s
 //! the check costs no wake-up of its own. Above `PIN_ABOVE` busy it stays on its CPU; below `FREE_BELOW`,
 //! it may run anywhere again. With any other worker count (a configured `workers`, a CPU quota below the
 //! CPU mask) the scheduler places them as it sees fit.
@@ -66,7 +66,7 @@ impl WorkerCpu {
     /// (`on_request`, `before_park`). Call it on the worker's own thread, whose runtime calls `before_park`
     /// when it parks.
     pub(crate) fn follow_load_on_this_thread(self) {
-        // Without the thread's CPU time (no procfs), the scheduler keeps placing the worker.
+        // Without the thread's CPU time (a seccomp filter), the scheduler keeps placing the worker.
         let Some(clock) = ThreadClock::open() else { return };
         let Some(cpu_time) = clock.read() else { return };
         let now = Instant::now();
@@ -159,24 +159,24 @@ fn next_state(pinned: bool, busy: f64) -> Option<bool> {
     }
 }
 
-/// The CPU time of the thread that opened it, from `/proc/thread-self/schedstat` (nanoseconds on the CPU
-/// first), kept open and read again from the start at each check. Not `clock_gettime(CLOCK_THREAD_CPUTIME_ID)`:
-/// rustix reaches it through its own vDSO lookup, which valgrind cannot run (`bench/instructions.sh`), and
-/// libc would need `unsafe`.
-struct ThreadClock(std::fs::File);
+/// The CPU time of the calling thread: `clock_gettime(CLOCK_THREAD_CPUTIME_ID)`, one system call that
+/// reads the scheduler's count (about a tenth of what reading `/proc/thread-self/schedstat` cost, whose
+/// text the kernel formats on every read: 5 to 10 µs on the peer kit's VM, at a time when a replica's answer
+/// could be waiting behind it). Through libc, not rustix: rustix reaches this clock through its own vDSO
+/// lookup, which valgrind cannot run (`bench/instructions.sh`).
+struct ThreadClock;
 
 impl ThreadClock {
     fn open() -> Option<ThreadClock> {
-        std::fs::File::open("/proc/thread-self/schedstat").ok().map(ThreadClock)
+        ThreadClock.read().map(|_| ThreadClock)
     }
 
     fn read(&self) -> Option<Duration> {
-        use std::os::unix::fs::FileExt;
-        let mut buf = [0u8; 96];
-        let len = self.0.read_at(&mut buf, 0).ok()?;
-        let text = std::str::from_utf8(buf.get(..len)?).ok()?;
-        let nanos = text.split_whitespace().next()?.parse::<u64>().ok()?;
-        Some(Duration::from_nanos(nanos))
+        let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: `now` is a valid, writable `timespec` for the duration of the call.
+        let failed = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } != 0;
+        let secs = u64::try_from(now.tv_sec).ok().filter(|_| !failed)?;
+        Some(Duration::new(secs, u32::try_from(now.tv_nsec).ok()?))
     }
 }
 
@@ -241,12 +241,12 @@ mod tests {
 
     #[test]
     fn the_thread_clock_moves_with_work() {
-        let clock = ThreadClock::open().expect("schedstat");
+        let clock = ThreadClock::open().expect("thread CPU clock");
         let before = clock.read().expect("first read");
         let mut x = 0u64;
         for i in 0..2_000_000u64 {
             x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
         }
-        assert!(clock.read().expect("second read") > before, "the same open file reads anew: {x}");
+        assert!(clock.read().expect("second read") > before, "the clock moves: {x}");
     }
 }

@@ -118,9 +118,9 @@ impl Drop for Waiting {
 }
 
 /// Runs just before this thread's runtime parks: polls for the lone awaited answer, if there is one to
-/// poll for.
-pub(crate) fn before_park() {
-    let Some(fd) = target() else { return };
+/// poll for. True when that answer has come, and the worker has a request to finish rather than a wait.
+pub(crate) fn before_park() -> bool {
+    let Some(fd) = target() else { return false };
     // SAFETY: `TARGET` holds a descriptor only while the `Waiting` that put it there lives (on this thread:
     // its runtime moves no task elsewhere), and that one lives inside the exchange that owns the stream:
     // the descriptor is open and still that stream's.
@@ -131,6 +131,7 @@ pub(crate) fn before_park() {
             counts.count(answered);
         }
     });
+    answered
 }
 
 /// The socket to poll for: the lone waiting exchange's, when it may be.

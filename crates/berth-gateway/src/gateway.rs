@@ -402,12 +402,13 @@ struct WorkerSockets {
     https: Option<(std::net::TcpListener, TlsAcceptor, Arc<Ingress>)>,
 }
 
-/// What a worker does when it has nothing left to run, just before it sleeps: its own bookkeeping (which
-/// overlaps the wait for a replica's answer instead of delaying the request), then the wait on the CPU
-/// for a fast replica's answer.
+/// What a worker does when it has nothing left to run, just before it sleeps: the wait on the CPU for a
+/// fast replica's answer, then its own bookkeeping, unless that answer has come: then the bookkeeping
+/// waits for the next park rather than stand between the answer and the client.
 fn before_park() {
-    affinity::before_park();
-    busy_poll::before_park();
+    if !busy_poll::before_park() {
+        affinity::before_park();
+    }
 }
 
 /// A worker's HTTP server settings, shared by its connections.
