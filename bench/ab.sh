@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # ab.sh — A/B of gateway builds beside nginx, in alternating rounds, on one upstream.
 #
-#   bench/ab.sh [--throughput] NAME=BINARY [NAME=BINARY ...]
+#   bench/ab.sh [--throughput] [--same-job] NAME=BINARY [NAME=BINARY ...]
 #
 # For a change to the gateway, `cargo xtask bench` says where berth stands against its peers; this says
 # whether the change moved it. Every binary runs `berth gateway` in front of the kit's upstream (one nginx
@@ -10,6 +10,10 @@
 # median of the rounds and its ratio to nginx's. Default: latency at a fixed rate (oha, corrected for
 # coordinated omission); --throughput: wrk at saturation. CPU per request is each target's own CPU time
 # (utime + stime of its processes, in clock ticks: coarse in short rounds) over the requests served.
+# --same-job adds `nginx-same`: the kit's nginx made to do the gateway's header work too (the client's
+# Host passed on, X-Forwarded-For/-Proto/-Host, X-Source, X-Request-Id and a traceparent to the replica,
+# X-Request-Id back to the client), so that the replica gets the same bytes from both; ratios stay to the
+# kit's nginx.
 #
 # Knobs: ROUNDS=6, SECS=12 (per measurement), RATE=120 and CONNS=16 (latency), CONNS=64 (throughput).
 # Needs nginx, oha, wrk, curl, python3 (../shared/bench/setup.sh). Loopback only; every run is bounded.
@@ -20,8 +24,15 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 CONF="$HERE/../../shared/bench/conf"
 MODE=latency
-if [ "${1:-}" = --throughput ]; then MODE=throughput; shift; fi
-if [ "$#" -eq 0 ] || [ "${1:-}" = -h ] || [ "${1:-}" = --help ]; then sed -n '2,18p' "$0"; exit 2; fi
+SAME_JOB=
+while true; do
+  case "${1:-}" in
+    --throughput) MODE=throughput; shift ;;
+    --same-job) SAME_JOB=1; shift ;;
+    *) break ;;
+  esac
+done
+if [ "$#" -eq 0 ] || [ "${1:-}" = -h ] || [ "${1:-}" = --help ]; then sed -n '2,22p' "$0"; exit 2; fi
 ROUNDS="${ROUNDS:-6}"
 SECS="${SECS:-12}"
 RATE="${RATE:-120}"
@@ -71,9 +82,26 @@ answers "$upstream_port" || die "the upstream did not answer"
 PORT[nginx]="$(free_port)"
 render "$CONF/nginx.conf" "$RUN/nginx.conf" "${PORT[nginx]}" "$upstream_port"
 nginx -p "$RUN" -e "$RUN/nginx.error.log" -c "$RUN/nginx.conf" & PID[nginx]=$!; PIDS+=($!)
+if [ -n "$SAME_JOB" ]; then
+  # The gateway's request fields, in the same order and of the same length (nginx has no traceparent of its
+  # own: the request id is its trace id).
+  same='proxy_set_header Connection ""; proxy_set_header Host $http_host;'
+  same+=' proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; proxy_set_header X-Forwarded-Proto $scheme;'
+  same+=' proxy_set_header X-Forwarded-Host $http_host; proxy_set_header X-Source external;'
+  same+=' proxy_set_header X-Request-Id $request_id;'
+  same+=' proxy_set_header traceparent "00-$request_id-00f067aa0ba902b7-01"; add_header X-Request-Id $request_id always;'
+  mkdir -p "$RUN/same/nginx-tmp"
+  PORT[nginx-same]="$(free_port)"
+  render "$CONF/nginx.conf" "$RUN/same/nginx.conf.in" "${PORT[nginx-same]}" "$upstream_port"
+  sed -e "s|$RUN/|$RUN/same/|g" -e "s|proxy_set_header Connection \"\";|$same|" "$RUN/same/nginx.conf.in" > "$RUN/same/nginx.conf"
+  grep -q X-Forwarded-For "$RUN/same/nginx.conf" || die "the kit's nginx.conf has no 'proxy_set_header Connection \"\";' to extend"
+  nginx -p "$RUN/same" -e "$RUN/same/nginx.error.log" -c "$RUN/same/nginx.conf" & PID[nginx-same]=$!; PIDS+=($!)
+  NAMES+=(nginx-same)
+fi
 for spec in "$@"; do
   name="${spec%%=*}"; bin="${spec#*=}"
-  [ "$name" != "$spec" ] && [ -n "$name" ] && [ "$name" != nginx ] || die "'$spec': say NAME=BINARY (NAME not nginx)"
+  [ "$name" != "$spec" ] && [ -n "$name" ] && [ "$name" != nginx ] && [ "$name" != nginx-same ] \
+    || die "'$spec': say NAME=BINARY (NAME not nginx or nginx-same)"
   [ -z "${PORT[$name]:-}" ] || die "'$name' is named twice"
   [ -x "$bin" ] || die "$bin is not an executable"
   PORT[$name]="$(free_port)"

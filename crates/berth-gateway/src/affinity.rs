@@ -9,10 +9,11 @@
 //! parks with nothing to do (while it waits for the replica's answer, not on the request's way to it, nor
 //! on the answer's when it is already there): every 50 ms while free (load that arrives is pinned within
 //! one check, so few of its requests see the unpinned worker; checking every 500 ms, the first half second
-//! of a saturating run raised its p99 by half), every 500 ms while pinned. On the request path, not on a timer: an idle worker is never woken for it, and at 120 req/s
-//! the check costs no wake-up of its own. Above `PIN_ABOVE` busy it stays on its CPU; below `FREE_BELOW`,
-//! it may run anywhere again. With any other worker count (a configured `workers`, a CPU quota below the
-//! CPU mask) the scheduler places them as it sees fit.
+//! of a saturating run raised its p99 by half), every 500 ms while pinned. On the request path, not on a
+//! timer: an idle worker is never woken for it, and at 120 req/s the check costs no wake-up of its own.
+//! Above `PIN_ABOVE` busy it stays on its CPU; below `FREE_BELOW`, it may run anywhere again. With any other
+//! worker count (a configured `workers`, a CPU quota below the CPU mask) the scheduler places them as it
+//! sees fit.
 
 use std::cell::Cell;
 use std::time::{Duration, Instant};
@@ -160,9 +161,9 @@ fn next_state(pinned: bool, busy: f64) -> Option<bool> {
 }
 
 /// The CPU time of the calling thread: `clock_gettime(CLOCK_THREAD_CPUTIME_ID)`, one system call that
-/// reads the scheduler's count (about a tenth of what reading `/proc/thread-self/schedstat` cost, whose
-/// text the kernel formats on every read: 5 to 10 µs on the peer kit's VM, at a time when a replica's answer
-/// could be waiting behind it). Through libc, not rustix: rustix reaches this clock through its own vDSO
+/// reads the scheduler's count. It was a read of `/proc/thread-self/schedstat`, whose text the kernel
+/// formats on every read: traced on the peer kit's VM, 8 µs against 3, at a moment when a replica's answer
+/// may be waiting behind it. Through libc, not rustix: rustix reaches this clock through its own vDSO
 /// lookup, which valgrind cannot run (`bench/instructions.sh`).
 struct ThreadClock;
 
