@@ -188,12 +188,9 @@ impl QuietMachine {
     }
 
     /// Looks at how busy the machine was since the last check and sets this thread's policy to match;
-    /// false when it cannot (the worker then stays as it is, `SCHED_OTHER`).
+    /// false when it cannot (dropped then, the worker goes back to `SCHED_OTHER`).
     fn check(&mut self) -> bool {
-        let Some(now) = read_cpu_times(&self.stat) else {
-            self.set(false);
-            return false;
-        };
+        let Some(now) = read_cpu_times(&self.stat) else { return false };
         let (busy, total) = (now.0.saturating_sub(self.last.0), now.1.saturating_sub(self.last.1));
         if total == 0 {
             return true; // less than a clock tick since the last check
@@ -217,6 +214,16 @@ impl QuietMachine {
     }
 }
 
+/// A worker that stops following the machine (a check failed, its placement could not be changed) is
+/// never left as batch. Dropped on the worker's own thread (a thread-local), so it is that thread's policy.
+impl Drop for QuietMachine {
+    fn drop(&mut self) {
+        if self.batch {
+            self.set(false);
+        }
+    }
+}
+
 /// Whether a worker that runs as batch (`batch`) should change, the machine having been `busy` (share of
 /// all its CPUs): `Some(batch)`.
 fn next_policy(batch: bool, busy: f64) -> Option<bool> {
@@ -236,10 +243,12 @@ fn read_cpu_times(stat: &std::fs::File) -> Option<(u64, u64)> {
     let line = std::str::from_utf8(buf.get(..len)?).ok()?.lines().next()?;
     let mut fields = line.split_whitespace();
     (fields.next()? == "cpu").then_some(())?;
-    let ticks: Vec<u64> = fields.take(8).map(|f| f.parse().ok()).collect::<Option<_>>()?;
+    let mut ticks = [0u64; 8];
+    for tick in &mut ticks {
+        *tick = fields.next()?.parse().ok()?;
+    }
     let total: u64 = ticks.iter().sum();
-    let idle = ticks.get(3)? + ticks.get(4)?;
-    Some((total - idle, total))
+    Some((total - ticks[3] - ticks[4], total))
 }
 
 /// Whether a worker that is `pinned` and was `busy` (share of one CPU) should change: `Some(pin)`.
@@ -305,6 +314,10 @@ mod tests {
             // SAFETY: as above.
             assert_eq!(unsafe { libc::sched_getscheduler(0) }, libc::SCHED_OTHER);
             assert!(quiet.check(), "a check reads the counters again");
+            assert!(quiet.set(true));
+            drop(quiet);
+            // SAFETY: as above.
+            assert_eq!(unsafe { libc::sched_getscheduler(0) }, libc::SCHED_OTHER, "not left as batch");
         })
         .join()
         .expect("policy thread");
