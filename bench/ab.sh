@@ -8,8 +8,8 @@
 # worker, ../shared/bench/conf/upstream.nginx.conf), beside the kit's nginx proxy; each round measures
 # nginx and every build in turn, so slow drifts of the machine hit them alike, and the summary gives the
 # median of the rounds and its ratio to nginx's. Default: latency at a fixed rate (oha, corrected for
-# coordinated omission); --throughput: wrk at saturation. CPU per request is each target's own CPU time
-# (utime + stime of its processes, in clock ticks: coarse in short rounds) over the requests served.
+# coordinated omission); --throughput: wrk at saturation (req/s, p99). CPU per request is each target's own
+# CPU time (utime + stime of its processes, in clock ticks: coarse in short rounds) over the requests served.
 # --same-job adds `nginx-same`: the kit's nginx made to do the gateway's header work too (the client's
 # Host passed on, X-Forwarded-For/-Proto/-Host, X-Source, X-Request-Id and a traceparent to the replica,
 # X-Request-Id back to the client), so that the replica gets the same bytes from both; ratios stay to the
@@ -134,11 +134,13 @@ n=sum(d.get("statusCodeDistribution", {}).values())
 print("%.0f\t%.3f\t%.3f\t%.3f\t%d" % (n, p["p50"]*1e3, p["p90"]*1e3, p["p99"]*1e3, round(n * (1 - (s["successRate"] or 0)))))' \
         "$RUN/out.json" 2>/dev/null)" || die "$name round $round: oha gave no result"
     else
-      line="$(timeout $(( SECS + 30 )) wrk -t1 -c"$CONNS" -d"${SECS}s" --timeout 5s "$url" | python3 -c 'import re,sys
+      line="$(timeout $(( SECS + 30 )) wrk -t1 -c"$CONNS" -d"${SECS}s" --timeout 5s --latency "$url" | python3 -c 'import re,sys
 t=sys.stdin.read(); n=int(re.search(r"(\d+) requests in", t).group(1))
 bad=sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", t))
 m=re.search(r"Non-2xx or 3xx responses: (\d+)", t); bad+=int(m.group(1)) if m else 0
-print("%d\t%.1f\t%d" % (n, n / float(sys.argv[1]), bad))' "$SECS")" || die "$name round $round: wrk gave no result"
+v, unit = re.search(r"^\s*99%\s+([\d.]+)(us|ms|s)\s*$", t, re.M).groups()
+p99 = float(v) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+print("%d\t%.1f\t%.3f\t%d" % (n, n / float(sys.argv[1]), p99, bad))' "$SECS")" || die "$name round $round: wrk gave no result"
     fi
     after="$(cpu_ticks "${PID[$name]}")"
     requests="${line%%$'\t'*}"
@@ -156,8 +158,8 @@ if mode == "latency":
     cols = [("p50 ms", 3), ("p90 ms", 4), ("p99 ms", 5)]
     errors, cpu = 6, 7
 else:
-    cols = [("req/s", 3)]
-    errors, cpu = 4, 5
+    cols = [("req/s", 3), ("p99 ms", 4)]
+    errors, cpu = 5, 6
 med = {n: {c: statistics.median(float(r[i]) for r in rows if r[1] == n) for c, i in cols + [("cpu us/req", cpu)]}
        for n in names}
 head = ["target"] + [c for c, _ in cols] + ["cpu us/req", "errors"] + ["%s/nginx" % c.split()[0] for c, _ in cols]
@@ -165,8 +167,8 @@ print("\nMedians of the rounds (ratios: target median / nginx median)")
 print("  ".join("%-10s" % h for h in head))
 for n in names:
     errs = sum(int(r[errors]) for r in rows if r[1] == n)
-    digits = 3 if mode == "latency" else 0
-    vals = ["%-10.*f" % (digits, med[n][c]) for c, _ in cols] + ["%-10.1f" % med[n]["cpu us/req"], "%-10d" % errs]
+    vals = ["%-10.*f" % (0 if c == "req/s" else 3, med[n][c]) for c, _ in cols]
+    vals += ["%-10.1f" % med[n]["cpu us/req"], "%-10d" % errs]
     ratios = ["%-10.2f" % (med[n][c] / med["nginx"][c] if med["nginx"][c] else 0) for c, _ in cols]
     print("  ".join(["%-10s" % n] + vals + ratios))
 PY
