@@ -21,8 +21,8 @@
 # Example: bench/ab.sh before=/tmp/berth-before after=target/release/berth
 set -euo pipefail
 
-HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-CONF="$HERE/../../shared/bench/conf"
+SCRIPT=ab.sh
+source "$(dirname "${BASH_SOURCE[0]}")/peers.sh"
 MODE=latency
 SAME_JOB=
 while true; do
@@ -32,37 +32,14 @@ while true; do
     *) break ;;
   esac
 done
-if [ "$#" -eq 0 ] || [ "${1:-}" = -h ] || [ "${1:-}" = --help ]; then sed -n '2,22p' "$0"; exit 2; fi
+if [ "$#" -eq 0 ] || [ "${1:-}" = -h ] || [ "${1:-}" = --help ]; then sed -n '2,21p' "$0"; exit 2; fi
 ROUNDS="${ROUNDS:-6}"
 SECS="${SECS:-12}"
 RATE="${RATE:-120}"
 if [ "$MODE" = latency ]; then CONNS="${CONNS:-16}"; else CONNS="${CONNS:-64}"; fi
-die() { echo "ab.sh: $*" >&2; exit 2; }
 [[ "$ROUNDS" =~ ^[0-9]+$ ]] && [ "$ROUNDS" -ge 1 ] && [ "$ROUNDS" -le 20 ] || die "ROUNDS must be 1..20"
 [[ "$SECS" =~ ^[0-9]+$ ]] && [ "$SECS" -ge 1 ] && [ "$SECS" -le 120 ] || die "SECS must be 1..120"
-for tool in nginx oha wrk curl python3; do
-  command -v "$tool" >/dev/null || die "$tool is not installed (run ../shared/bench/setup.sh)"
-done
-[ -f "$CONF/upstream.nginx.conf" ] || die "$CONF not found: the peer kit lives in ../shared/bench"
-
-RUN="$(mktemp -d)"
-PIDS=()
-cleanup() {
-  {
-    for pid in "${PIDS[@]}"; do kill "$pid" || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" || true; done
-  } 2>/dev/null
-  rm -rf "$RUN"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-render() { # template output port upstream_port
-  sed -e "s|@RUN_DIR@|$RUN|g" -e "s|@PORT@|$3|g" -e "s|@UPSTREAM_PORT@|$4|g" -e "s|@NPROC@|$(nproc)|g" "$1" > "$2"
-}
-answers() { # port
-  for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$1/" && return 0; sleep 0.1; done
-  return 1
-}
+needs nginx oha wrk curl python3
 # CPU time (clock ticks) of a process and its children, threads included.
 cpu_ticks() { # pid
   local total=0 pid
@@ -72,16 +49,8 @@ cpu_ticks() { # pid
   echo "$total"
 }
 
-declare -A PORT=() PID=()
-NAMES=(nginx)
-mkdir -p "$RUN/upstream-tmp" "$RUN/nginx-tmp"
-upstream_port="$(free_port)"
-render "$CONF/upstream.nginx.conf" "$RUN/upstream.conf" "$upstream_port" "$upstream_port"
-nginx -p "$RUN" -e "$RUN/upstream.error.log" -c "$RUN/upstream.conf" & PIDS+=($!)
-answers "$upstream_port" || die "the upstream did not answer"
-PORT[nginx]="$(free_port)"
-render "$CONF/nginx.conf" "$RUN/nginx.conf" "${PORT[nginx]}" "$upstream_port"
-nginx -p "$RUN" -e "$RUN/nginx.error.log" -c "$RUN/nginx.conf" & PID[nginx]=$!; PIDS+=($!)
+start_upstream
+start_kit_nginx
 if [ -n "$SAME_JOB" ]; then
   # The gateway's request fields, in the same order and of the same length (nginx has no traceparent of its
   # own: the request id is its trace id).
@@ -95,23 +64,10 @@ if [ -n "$SAME_JOB" ]; then
   render "$CONF/nginx.conf" "$RUN/same/nginx.conf.in" "${PORT[nginx-same]}" "$upstream_port"
   sed -e "s|$RUN/|$RUN/same/|g" -e "s|proxy_set_header Connection \"\";|$same|" "$RUN/same/nginx.conf.in" > "$RUN/same/nginx.conf"
   grep -q X-Forwarded-For "$RUN/same/nginx.conf" || die "the kit's nginx.conf has no 'proxy_set_header Connection \"\";' to extend"
-  nginx -p "$RUN/same" -e "$RUN/same/nginx.error.log" -c "$RUN/same/nginx.conf" & PID[nginx-same]=$!; PIDS+=($!)
-  NAMES+=(nginx-same)
+  start_nginx nginx-same "$RUN/same" "$RUN/same/nginx.conf"
 fi
-for spec in "$@"; do
-  name="${spec%%=*}"; bin="${spec#*=}"
-  [ "$name" != "$spec" ] && [ -n "$name" ] && [ "$name" != nginx ] && [ "$name" != nginx-same ] \
-    || die "'$spec': say NAME=BINARY (NAME not nginx or nginx-same)"
-  [ -z "${PORT[$name]:-}" ] || die "'$name' is named twice"
-  [ -x "$bin" ] || die "$bin is not an executable"
-  PORT[$name]="$(free_port)"
-  "$bin" gateway --listen "127.0.0.1:${PORT[$name]}" --upstream "127.0.0.1:$upstream_port" > "$RUN/$name.log" 2>&1 &
-  PID[$name]=$!; PIDS+=($!); NAMES+=("$name")
-done
-for name in "${NAMES[@]}"; do
-  answers "${PORT[$name]}" || { tail -5 "$RUN/$name.log" >&2 || true; die "$name did not answer on ${PORT[$name]}"; }
-  timeout 20 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:${PORT[$name]}/" > /dev/null # warm-up
-done
+start_gateways "$@"
+warm_up "$CONNS"
 
 if [ "$MODE" = latency ]; then
   echo "== oha -q $RATE -c $CONNS -z ${SECS}s --latency-correction, $ROUNDS alternating rounds: ${NAMES[*]}"

@@ -24,66 +24,25 @@
 # Example: bench/timeline.sh before=/tmp/berth-before after=target/release/berth
 set -euo pipefail
 
-HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-CONF="$HERE/../../shared/bench/conf"
+SCRIPT=timeline.sh
+source "$(dirname "${BASH_SOURCE[0]}")/peers.sh"
 if [ "${1:-}" = -h ] || [ "${1:-}" = --help ]; then sed -n '2,24p' "$0"; exit 2; fi
-[ "$#" -gt 0 ] || set -- "berth=$HERE/../target/release/berth"
+[ "$#" -gt 0 ] || set -- "berth=$(dirname "${BASH_SOURCE[0]}")/../target/release/berth"
 ROUNDS="${ROUNDS:-3}"
 SECS="${SECS:-4}"
 RATE="${RATE:-120}"
 CONNS="${CONNS:-16}"
-die() { echo "timeline.sh: $*" >&2; exit 2; }
 [[ "$ROUNDS" =~ ^[0-9]+$ ]] && [ "$ROUNDS" -ge 1 ] && [ "$ROUNDS" -le 10 ] || die "ROUNDS must be 1..10"
 [[ "$SECS" =~ ^[0-9]+$ ]] && [ "$SECS" -ge 1 ] && [ "$SECS" -le 30 ] || die "SECS must be 1..30"
 [ "$(uname -m)" = x86_64 ] || die "the system call numbers below are x86_64's"
-for tool in nginx oha wrk curl perf python3; do
-  command -v "$tool" >/dev/null || die "$tool is not installed (../shared/bench/setup.sh; apt install linux-perf)"
-done
-[ -f "$CONF/upstream.nginx.conf" ] || die "$CONF not found: the peer kit lives in ../shared/bench"
-
-RUN="$(mktemp -d)"
-PIDS=()
-cleanup() {
-  {
-    for pid in "${PIDS[@]}"; do kill "$pid" || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" || true; done
-  } 2>/dev/null
-  rm -rf "$RUN"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-render() { # template output port upstream_port
-  sed -e "s|@RUN_DIR@|$RUN|g" -e "s|@PORT@|$3|g" -e "s|@UPSTREAM_PORT@|$4|g" -e "s|@NPROC@|$(nproc)|g" "$1" > "$2"
-}
-answers() { # port
-  for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$1/" && return 0; sleep 0.1; done
-  return 1
-}
+command -v perf >/dev/null || die "perf is not installed (apt install linux-perf)"
+needs nginx oha wrk curl python3
 children() { pgrep -d, -P "$1" || true; }
 
-declare -A PORT=() PID=()
-NAMES=(nginx)
-mkdir -p "$RUN/upstream-tmp" "$RUN/nginx-tmp"
-upstream_port="$(free_port)"
-render "$CONF/upstream.nginx.conf" "$RUN/upstream.conf" "$upstream_port" "$upstream_port"
-nginx -p "$RUN" -e "$RUN/upstream.error.log" -c "$RUN/upstream.conf" & upstream=$!; PIDS+=($!)
-answers "$upstream_port" || die "the upstream did not answer"
-PORT[nginx]="$(free_port)"
-render "$CONF/nginx.conf" "$RUN/nginx.conf" "${PORT[nginx]}" "$upstream_port"
-nginx -p "$RUN" -e "$RUN/nginx.error.log" -c "$RUN/nginx.conf" & PID[nginx]=$!; PIDS+=($!)
-for spec in "$@"; do
-  name="${spec%%=*}"; bin="${spec#*=}"
-  [ "$name" != "$spec" ] && [ -n "$name" ] && [ "$name" != nginx ] || die "'$spec': say NAME=BINARY (NAME not nginx)"
-  [ -z "${PORT[$name]:-}" ] || die "'$name' is named twice"
-  [ -x "$bin" ] || die "$bin is not an executable"
-  PORT[$name]="$(free_port)"
-  "$bin" gateway --listen "127.0.0.1:${PORT[$name]}" --upstream "127.0.0.1:$upstream_port" > "$RUN/$name.log" 2>&1 &
-  PID[$name]=$!; PIDS+=($!); NAMES+=("$name")
-done
-for name in "${NAMES[@]}"; do
-  answers "${PORT[$name]}" || { tail -5 "$RUN/$name.log" >&2 || true; die "$name did not answer on ${PORT[$name]}"; }
-  timeout 20 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:${PORT[$name]}/" > /dev/null # warm-up
-done
+start_upstream
+start_kit_nginx
+start_gateways "$@"
+warm_up "$CONNS"
 upstream_workers="$(children "$upstream")"
 # nginx's requests are served by its workers; a gateway's by its own threads.
 proxy_pids() { if [ "$1" = nginx ]; then children "${PID[nginx]}"; else echo "${PID[$1]}"; fi; }
