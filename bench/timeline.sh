@@ -53,7 +53,7 @@ for round in $(seq "$ROUNDS"); do
   for name in "${NAMES[@]}"; do
     sleep 1
     timeout $(( SECS + 30 )) oha --no-tui -q "$RATE" -z "$(( SECS + 2 ))s" -c "$CONNS" \
-      "http://127.0.0.1:${PORT[$name]}/" > /dev/null 2>&1 & load=$!
+      "http://127.0.0.1:${PORT[$name]}/" > /dev/null 2>&1 & load=$!; PIDS+=($!)
     sleep 1 # oha's threads are up, and the rate is steady
     client="$(children "$load")" # oha, under timeout
     [ -n "$client" ] || die "$name round $round: oha did not start"
