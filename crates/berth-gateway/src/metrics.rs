@@ -34,6 +34,8 @@ pub struct Metrics {
     pub(crate) cache: Arc<crate::cache::CacheMetrics>,
     /// The workers' waits for answers on the CPU (rendered only when they poll, see `busy_poll.rs`).
     pub(crate) busy_polls: Arc<crate::busy_poll::PollCounts>,
+    /// How many workers serve (rendered only when some may stand by, see `standby.rs`).
+    pub(crate) serving: Arc<crate::standby::Serving>,
 }
 
 /// Why outlier detection ejected a replica of a service.
@@ -134,6 +136,7 @@ impl Metrics {
         let _ = self.rate_limits.render(out);
         let _ = self.cache.render(out);
         let _ = self.busy_polls.render(out);
+        let _ = self.serving.render(out);
     }
 }
 
@@ -357,16 +360,17 @@ pub(crate) fn sample(
     labels: &[(&str, &str)],
     value: impl fmt::Display,
 ) -> fmt::Result {
-    write!(out, "{name}{suffix}{{")?;
+    write!(out, "{name}{suffix}")?;
     for (idx, (label, label_value)) in labels.iter().enumerate() {
-        if idx > 0 {
-            out.push(',');
-        }
+        out.push(if idx == 0 { '{' } else { ',' });
         write!(out, "{label}=\"")?;
         escape_label_value(out, label_value);
         out.push('"');
     }
-    writeln!(out, "}} {value}")
+    if !labels.is_empty() {
+        out.push('}');
+    }
+    writeln!(out, " {value}")
 }
 
 /// Escapes a label value as the text format requires: backslash, double quote and line feed.
