@@ -21,8 +21,6 @@ use std::time::{Duration, Instant};
 
 use rustix::thread::{CpuSet, sched_getaffinity, sched_setaffinity};
 
-use crate::standby::Standby;
-
 /// How often a free worker looks at how busy it was.
 const CHECK_FREE: Duration = Duration::from_millis(50);
 /// How often a pinned worker does (it is freed only after this long of little work).
@@ -69,15 +67,13 @@ impl WorkerCpu {
     /// Makes this thread follow its load from now on: it looks at how busy it was whenever a check is due
     /// (`on_request`, `before_park`). Call it on the worker's own thread, whose runtime calls `before_park`
     /// when it parks.
-    ///
-    /// `standby`: this worker also decides, at its checks, how many workers serve (`standby.rs`).
-    pub(crate) fn follow_load_on_this_thread(self, standby: Option<Standby>) {
+    pub(crate) fn follow_load_on_this_thread(self) {
         // Without the thread's CPU time (a seccomp filter), the scheduler keeps placing the worker.
         let Some(clock) = ThreadClock::open() else { return };
         let Some(cpu_time) = clock.read() else { return };
         let now = Instant::now();
         let quiet = QuietMachine::open();
-        FOLLOWER.set(Some(Follower { cpu: self, clock, pinned: false, last: (now, cpu_time), quiet, standby }));
+        FOLLOWER.set(Some(Follower { cpu: self, clock, pinned: false, last: (now, cpu_time), quiet }));
         NEXT_CHECK.set(Some(now + CHECK_FREE));
     }
 }
@@ -133,8 +129,6 @@ struct Follower {
     /// Whether the worker waits for its waker (`None`: the machine's CPU counters or the scheduling policy
     /// are out of reach).
     quiet: Option<QuietMachine>,
-    /// How many workers serve, decided by this one.
-    standby: Option<Standby>,
 }
 
 impl Follower {
@@ -162,11 +156,6 @@ impl Follower {
             && !quiet.check()
         {
             self.quiet = None;
-        }
-        if let Some(standby) = &mut self.standby
-            && !standby.check(now)
-        {
-            self.standby = None;
         }
         Some(now + if self.pinned { CHECK_PINNED } else { CHECK_FREE })
     }
@@ -355,7 +344,7 @@ mod tests {
             on_request(Instant::now());
             before_park();
             assert_eq!(NEXT_CHECK.get(), None, "a thread that does not follow never checks");
-            cpu.follow_load_on_this_thread(None);
+            cpu.follow_load_on_this_thread();
             let due = NEXT_CHECK.get().expect("following");
             on_request(due - Duration::from_millis(1));
             before_park();

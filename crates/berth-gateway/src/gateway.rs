@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
@@ -25,7 +24,7 @@ use crate::spread::{Handoff, Spread};
 use crate::table::{Registry, RouteEntry, RoutingTable, ServiceEntry, Snapshot};
 use crate::tls::{Tls, TlsConfig};
 use crate::upstream::UpstreamClient;
-use crate::{affinity, attempt_timer, busy_poll, standby};
+use crate::{affinity, attempt_timer, busy_poll};
 use crate::{h3, headers, serve_h1};
 
 /// Source of `Shared::id`.
@@ -62,10 +61,6 @@ pub struct GatewayConfig {
     /// A worker with nothing else to do waits on the CPU, for up to 100 µs, for a replica that has lately
     /// answered that fast, instead of sleeping until the answer wakes it (see `busy_poll.rs`).
     pub busy_poll: bool,
-    /// While the machine's CPUs are saturated and the rest of the machine leaves the gateway fewer CPUs than
-    /// it has workers, the extra workers stand by and their connections move to the others (see
-    /// `standby.rs`; with `pin_workers`' one CPU per worker only).
-    pub standby_workers: bool,
     /// Bound on the response cache's memory (bodies, headers, keys), shared by every service.
     pub cache_max_bytes: u64,
     /// A response body larger than this is never stored; it streams through.
@@ -101,7 +96,6 @@ impl Default for GatewayConfig {
             workers: std::thread::available_parallelism().map(usize::from).unwrap_or(2),
             pin_workers: true,
             busy_poll: true,
-            standby_workers: true,
             access_log: false,
             tls: None,
             cache_max_bytes: 64 * 1024 * 1024,
@@ -210,17 +204,12 @@ impl Gateway {
 
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let n_workers = self.shared.config.workers.max(1);
-        let serving = self.shared.metrics.serving.clone();
-        let (spread, inboxes) = Spread::new(n_workers, serving.clone());
+        let (spread, inboxes) = Spread::new(n_workers);
         let cpus = affinity::Plan::new(n_workers, self.shared.config.pin_workers);
         let poll_counts =
             (self.shared.config.busy_poll && busy_poll::worth_it()).then(|| self.shared.metrics.busy_polls.clone());
         for (worker, inbox) in inboxes.into_iter().enumerate() {
             let cpu = cpus.as_ref().and_then(|cpus| cpus.for_worker(worker));
-            // Worker 0 always serves, and decides how many others do.
-            let standby = (cpu.is_some() && worker == 0 && self.shared.config.standby_workers)
-                .then(|| standby::Standby::open(serving.clone(), n_workers))
-                .flatten();
             let sockets = WorkerSockets {
                 http: http.as_ref().map(|listener| listener.try_clone()).transpose()?.map(|l| (l, plain.clone())),
                 https: match (&https, &acceptor) {
@@ -244,7 +233,7 @@ impl Gateway {
                     Err(error) => return warn!(error = %error, "cannot start a gateway worker"),
                 };
                 if let Some(cpu) = cpu {
-                    cpu.follow_load_on_this_thread(standby);
+                    cpu.follow_load_on_this_thread();
                 }
                 runtime.block_on(async {
                     attempt_timer::keep_on_this_thread();
@@ -461,12 +450,12 @@ async fn worker_loop(
             accepted = accept(http.as_ref().map(|(listener, _)| listener)) => (accepted, false),
             accepted = accept(https.as_ref().map(|(listener, _, _)| listener)) => (accepted, true),
             Some(handoff) = worker.inbox.recv() => {
-                let Handoff { stream, peer, tls, read } = handoff;
-                (TcpStream::from_std(stream).map(|stream| (stream, peer, read)), tls)
+                let Handoff { stream, peer, tls } = handoff;
+                (TcpStream::from_std(stream).map(|stream| (stream, peer)), tls)
             }
             _ = stop.changed() => return,
         };
-        let (stream, peer, read) = match accepted {
+        let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(error) => {
                 // Out of file descriptors and the like: back off briefly, keep serving.
@@ -475,10 +464,17 @@ async fn worker_loop(
                 continue;
             }
         };
-        let place = Place { index: worker.index, spread: worker.spread.clone() };
-        let (stream, read) = match place.hand_off(stream, peer, tls, read) {
-            Placed::Here(stream, read) => (stream, read),
-            Placed::There | Placed::Lost => continue,
+        let stream = match worker.spread.elsewhere(worker.index) {
+            Some(to) => match stream.into_std().map(|stream| worker.spread.hand_off(to, Handoff { stream, peer, tls }))
+            {
+                Ok(Ok(())) => continue,
+                Ok(Err(Handoff { stream, .. })) => match TcpStream::from_std(stream) {
+                    Ok(stream) => stream,
+                    Err(_) => continue,
+                },
+                Err(_) => continue,
+            },
+            None => stream,
         };
         let _ = stream.set_nodelay(true);
         let live = worker.spread.open(worker.index);
@@ -489,7 +485,7 @@ async fn worker_loop(
             (false, Some((_, ingress)), _) => {
                 let ingress = ingress.clone();
                 tokio::spawn(async move {
-                    serve_plain(shared, client, servers, ingress, (stream, read), peer, place).await;
+                    serve_plain(shared, client, servers, ingress, stream, peer).await;
                     drop(live);
                 });
             }
@@ -505,43 +501,10 @@ async fn worker_loop(
     }
 }
 
-async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr, Bytes)> {
+async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
     match listener {
-        Some(listener) => listener.accept().await.map(|(stream, peer)| (stream, peer, Bytes::new())),
+        Some(listener) => listener.accept().await,
         None => std::future::pending().await,
-    }
-}
-
-/// The worker a connection is on, and the spread that may move it to another (see `spread.rs`).
-struct Place {
-    index: usize,
-    spread: Arc<Spread>,
-}
-
-/// Where a connection went.
-enum Placed {
-    /// To another worker.
-    There,
-    /// Nowhere else: this worker serves it, from `read` on.
-    Here(TcpStream, Bytes),
-    /// Nowhere: it could not leave this worker's poller.
-    Lost,
-}
-
-impl Place {
-    /// Hands `stream` (and `read`, what was read of it and not served) to the worker that should serve it,
-    /// when that is not this one.
-    fn hand_off(&self, stream: TcpStream, peer: SocketAddr, tls: bool, read: Bytes) -> Placed {
-        let Some(to) = self.spread.elsewhere(self.index) else { return Placed::Here(stream, read) };
-        let Ok(stream) = stream.into_std() else { return Placed::Lost };
-        match self.spread.hand_off(to, Handoff { stream, peer, tls, read }) {
-            Ok(()) => Placed::There,
-            // That worker is gone (the gateway is stopping): serve it here.
-            Err(Handoff { stream, read, .. }) => match TcpStream::from_std(stream) {
-                Ok(stream) => Placed::Here(stream, read),
-                Err(_) => Placed::Lost,
-            },
-        }
     }
 }
 
@@ -574,28 +537,18 @@ fn servers(config: &GatewayConfig) -> Servers {
     Servers { auto, http1, http2, h1 }
 }
 
-/// A plain connection: `serve_h1`, moved to another worker between two requests when the spread says so,
-/// then hyper for what `serve_h1` does not serve.
 async fn serve_plain(
     shared: Arc<Shared>,
     client: UpstreamClient,
     servers: Arc<Servers>,
     ingress: Arc<Ingress>,
-    (mut stream, mut read): (TcpStream, Bytes),
+    stream: TcpStream,
     peer: SocketAddr,
-    place: Place,
 ) {
-    let mut handle = |req| proxy::handle_keeping_fields(&shared, &client, &ingress, peer, req);
-    let mut moves = || place.spread.elsewhere(place.index).is_some();
-    let (stream, read) = loop {
-        match serve_h1::serve(stream, read, servers.h1, &mut handle, &mut moves).await {
-            serve_h1::Ended::Closed => return,
-            serve_h1::Ended::Handover(stream, read) => break (stream, read),
-            serve_h1::Ended::Move(moving, unserved) => match place.hand_off(moving, peer, false, unserved) {
-                Placed::Here(here, unserved) => (stream, read) = (here, unserved),
-                Placed::There | Placed::Lost => return,
-            },
-        }
+    let handle = |req| proxy::handle_keeping_fields(&shared, &client, &ingress, peer, req);
+    let (stream, read) = match serve_h1::serve(stream, servers.h1, handle).await {
+        serve_h1::Ended::Closed => return,
+        serve_h1::Ended::Handover(stream, read) => (stream, read),
     };
     // hyper sees the connection from the first byte this side did not serve: its header-read timer runs
     // from there (there is at least one byte), and HTTP/2 prior knowledge is told from its preface.

@@ -28,7 +28,6 @@ mod ratelimit;
 mod serve_h1;
 mod sharded;
 mod spread;
-mod standby;
 mod table;
 mod tls;
 mod upstream;

@@ -34,8 +34,6 @@ pub struct Metrics {
     pub(crate) cache: Arc<crate::cache::CacheMetrics>,
     /// The workers' waits for answers on the CPU (rendered only when they poll, see `busy_poll.rs`).
     pub(crate) busy_polls: Arc<crate::busy_poll::PollCounts>,
-    /// How many workers serve (rendered only when some may stand by, see `standby.rs`).
-    pub(crate) serving: Arc<crate::standby::Serving>,
 }
 
 /// Why outlier detection ejected a replica of a service.
@@ -136,7 +134,6 @@ impl Metrics {
         let _ = self.rate_limits.render(out);
         let _ = self.cache.render(out);
         let _ = self.busy_polls.render(out);
-        let _ = self.serving.render(out);
     }
 }
 
@@ -360,17 +357,16 @@ pub(crate) fn sample(
     labels: &[(&str, &str)],
     value: impl fmt::Display,
 ) -> fmt::Result {
-    write!(out, "{name}{suffix}")?;
+    write!(out, "{name}{suffix}{{")?;
     for (idx, (label, label_value)) in labels.iter().enumerate() {
-        out.push(if idx == 0 { '{' } else { ',' });
+        if idx > 0 {
+            out.push(',');
+        }
         write!(out, "{label}=\"")?;
         escape_label_value(out, label_value);
         out.push('"');
     }
-    if !labels.is_empty() {
-        out.push('}');
-    }
-    writeln!(out, " {value}")
+    writeln!(out, "}} {value}")
 }
 
 /// Escapes a label value as the text format requires: backslash, double quote and line feed.

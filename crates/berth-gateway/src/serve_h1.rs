@@ -53,8 +53,6 @@ pub(crate) enum Ended {
     Closed,
     /// For hyper: the connection, and what was read of it and not served.
     Handover(TcpStream, Bytes),
-    /// For another worker (`spread.rs`): the connection between two requests, and what was read of the next.
-    Move(TcpStream, Bytes),
 }
 
 /// Header fields a head may have to be served here (hyper's default limit; more go to hyper, which answers
@@ -72,22 +70,14 @@ pub(crate) trait CarriesFields {
     fn take_fields(&mut self) -> Option<Box<ReplicaFields>>;
 }
 
-/// Serves requests on `stream`, whose first bytes `read` were read elsewhere, with `handle` until the
-/// connection closes, needs hyper, or `moves` says, after a response, that another worker should serve it.
-pub(crate) async fn serve<H, F, B>(
-    stream: TcpStream,
-    read: Bytes,
-    limits: Limits,
-    mut handle: H,
-    mut moves: impl FnMut() -> bool,
-) -> Ended
+/// Serves requests on `stream` with `handle` until the connection closes or needs hyper.
+pub(crate) async fn serve<H, F, B>(stream: TcpStream, limits: Limits, mut handle: H) -> Ended
 where
     H: FnMut(Request<ClientBody>) -> F,
     F: Future<Output = Result<Response<B>, Infallible>>,
     B: Body<Data = Bytes> + CarriesFields,
 {
-    let buf = BytesMut::from(&read[..]);
-    let mut conn = Conn { stream, buf, out: Vec::new(), spare_headers: None, timer: None, limits };
+    let mut conn = Conn { stream, buf: BytesMut::new(), out: Vec::new(), spare_headers: None, timer: None, limits };
     loop {
         let Head { req, close } = match conn.next_request().await {
             Ok(head) => head,
@@ -99,7 +89,6 @@ where
         let fut = pin!(handle(req));
         let Some(Ok(res)) = conn.run(fut).await else { return Ended::Closed };
         match conn.respond(res, head_only, close).await {
-            Ok(true) if moves() => return Ended::Move(conn.stream, conn.buf.freeze()),
             Ok(true) => {}
             Ok(false) => {
                 let _ = conn.stream.shutdown().await;

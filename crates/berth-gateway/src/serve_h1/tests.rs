@@ -42,24 +42,16 @@ struct Server {
     ended: oneshot::Receiver<Option<Bytes>>,
     /// Requests whose futures were dropped before they finished.
     cancelled: Arc<AtomicUsize>,
-    /// What was read of the connection and not served when it moved to another `serve`.
-    moved: mpsc::UnboundedReceiver<Bytes>,
 }
 
 /// One connection served by `serve`. Paths: `/chunked` answers with a body of unknown length (two chunks),
 /// `/hang` never answers, `/slow` echoes after 100 ms, `/head` answers like a replica does to HEAD;
 /// anything else echoes the request.
 async fn server() -> Server {
-    server_moving(false).await
-}
-
-/// `server`, and the connection moves after its first response (`Server::moved` gets what was read of it).
-async fn server_moving(moving: bool) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("address");
     let (seen_tx, seen) = mpsc::unbounded_channel();
     let (ended_tx, ended) = oneshot::channel();
-    let (moved_tx, moved) = mpsc::unbounded_channel();
     let cancelled = Arc::new(AtomicUsize::new(0));
     let counter = cancelled.clone();
     tokio::spawn(async move {
@@ -99,26 +91,13 @@ async fn server_moving(moving: bool) -> Server {
                 Ok::<Response<TestBody>, Infallible>(res)
             }
         };
-        let mut handle = handle;
-        let mut move_once = {
-            let mut left = moving;
-            move || std::mem::replace(&mut left, false)
-        };
-        let mut ended = serve(stream, Bytes::new(), LIMITS, &mut handle, &mut move_once);
-        // A move: another `serve` takes the connection and what was read of it, as the next worker does.
-        let ended = loop {
-            match ended.await {
-                Ended::Closed => break None,
-                Ended::Handover(_, read) => break Some(read),
-                Ended::Move(stream, read) => {
-                    let _ = moved_tx.send(read.clone());
-                    ended = serve(stream, read, LIMITS, &mut handle, &mut move_once);
-                }
-            }
+        let ended = match serve(stream, LIMITS, handle).await {
+            Ended::Closed => None,
+            Ended::Handover(_, read) => Some(read),
         };
         let _ = ended_tx.send(ended);
     });
-    Server { addr, seen, ended, cancelled, moved }
+    Server { addr, seen, ended, cancelled }
 }
 
 struct CancelGuard(Option<Arc<AtomicUsize>>);
@@ -219,25 +198,6 @@ async fn keep_alive_requests_are_answered_in_order_with_length_and_date() {
         assert_eq!(body, format!("GET {path} "));
     }
     assert_eq!(server.seen.recv().await.as_deref(), Some("GET /one "));
-}
-
-#[tokio::test]
-async fn a_connection_moves_between_two_requests_with_the_pipelined_one() {
-    let mut server = server_moving(true).await;
-    let mut stream = connect(&server).await;
-    let pipeline = "GET /a HTTP/1.1\r\nHost: web\r\n\r\nGET /b HTTP/1.1\r\nHost: web\r\n\r\n";
-    stream.write(pipeline.as_bytes()).await;
-    assert_eq!(stream.response(false).await.1, "GET /a ");
-    assert_eq!(stream.response(false).await.1, "GET /b ", "the pipelined request, served after the move");
-    let carried = server.moved.recv().await.expect("moved once");
-    assert_eq!(
-        &carried[..],
-        b"GET /b HTTP/1.1\r\nHost: web\r\n\r\n",
-        "what was read of the next request moves with it"
-    );
-    stream.write(b"GET /c HTTP/1.1\r\nHost: web\r\n\r\n").await;
-    assert_eq!(stream.response(false).await.1, "GET /c ", "the moved connection keeps serving");
-    assert!(server.moved.try_recv().is_err(), "one move");
 }
 
 #[tokio::test]
