@@ -1,10 +1,12 @@
-//! Repository automation: `cargo xtask ci` runs what CI runs, plus clippy; `cargo xtask bench` measures
-//! the gateway against nginx, HAProxy and Caddy with the peer kit in `../shared/bench`; `cargo xtask
+//! Repository automation: `cargo xtask ci` runs what CI runs, plus clippy; `cargo xtask dist` builds the
+//! release binary with profile-guided optimization (`dist.rs`); `cargo xtask bench` measures that binary's
+//! gateway against nginx, HAProxy and Caddy with the peer kit in `../shared/bench`; `cargo xtask
 //! bench-https` measures its HTTPS listener against nginx and HAProxy with `bench/https/compare-https.sh`.
 //!
 //! The repository checks themselves (module docs, formatting) are ordinary tests in `tidy`, so that
 //! `cargo test --workspace` is the whole gate.
 
+mod dist;
 #[cfg(test)]
 mod tidy;
 
@@ -14,6 +16,18 @@ fn main() -> ExitCode {
     let task = std::env::args().nth(1).unwrap_or_default();
     if task == "bench" {
         return bench(std::env::args().skip(2).collect());
+    }
+    if task == "dist" {
+        return match dist::build(&repo_root()) {
+            Ok(berth) => {
+                eprintln!("xtask: dist: {}", berth.display());
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("xtask: dist: {error}");
+                ExitCode::FAILURE
+            }
+        };
     }
     if task == "bench-https" {
         return bench_https(std::env::args().skip(2).collect());
@@ -26,7 +40,8 @@ fn main() -> ExitCode {
         ],
         _ => {
             eprintln!(
-                "usage: cargo xtask ci | cargo xtask bench [SECONDS CONNECTIONS] | cargo xtask bench-https [SECONDS]"
+                "usage: cargo xtask ci | cargo xtask dist | cargo xtask bench [SECONDS CONNECTIONS] | cargo xtask \
+                 bench-https [SECONDS]"
             );
             return ExitCode::from(2);
         }
@@ -45,19 +60,26 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Builds berth in release mode, then runs the peer kit twice in one go: throughput at 64 keep-alive
-/// connections, and latency at a fixed 120 requests/s. The kit prints each table with ratios to nginx.
+/// The workspace's root directory.
+fn repo_root() -> std::path::PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    root.canonicalize().unwrap_or(root)
+}
+
+/// Builds berth as a release ships it (`shipped_build`), then runs the peer kit twice in one go: throughput
+/// at 64 keep-alive connections, and latency at a fixed 120 requests/s. The kit prints each table with
+/// ratios to nginx.
 ///
 /// Five interleaved rounds per target unless `ROUNDS` says otherwise (the kit's default is three): at
 /// 120 req/s one round's p99 moves by 10–20% on a shared machine, more than the targets differ.
 fn bench(args: Vec<String>) -> ExitCode {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = repo_root();
     let kit = root.join("../shared/bench");
     if !kit.join("compare.sh").is_file() {
         eprintln!("xtask: the peer kit is missing at {} (it ships in shared/bench)", kit.display());
         return ExitCode::FAILURE;
     }
-    let Some(berth) = build_release(&root) else { return ExitCode::FAILURE };
+    let Some(berth) = shipped_build(&root) else { return ExitCode::FAILURE };
     let gateway_cmd =
         format!("exec {} gateway --listen 127.0.0.1:$BERTH_GATEWAY_PORT --upstream $BENCH_UPSTREAM", berth.display());
     let throughput: Vec<String> = if args.is_empty() { vec![] } else { args };
@@ -82,34 +104,52 @@ fn bench(args: Vec<String>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// `cargo build --release -p berth` in the repository; returns the path of the binary.
-fn build_release(root: &std::path::Path) -> Option<std::path::PathBuf> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    eprintln!("xtask: cargo build --release -p berth");
-    if !Command::new(&cargo)
-        .args(["build", "--release", "-p", "berth"])
-        .current_dir(root)
-        .status()
-        .is_ok_and(|s| s.success())
-    {
-        eprintln!("xtask: the release build of berth failed");
-        return None;
-    }
-    let berth = root.join("target/release/berth");
-    Some(berth.canonicalize().unwrap_or(berth))
+/// The binary the benches measure: `cargo xtask dist`'s (profile-guided, what a release ships), or with
+/// `BERTH_BUILD=release` the plain `cargo build --release`.
+fn shipped_build(root: &std::path::Path) -> Option<std::path::PathBuf> {
+    let berth = match std::env::var("BERTH_BUILD").as_deref() {
+        Err(_) | Ok("dist") => match dist::build(root) {
+            Ok(berth) => berth,
+            Err(error) => {
+                eprintln!("xtask: dist: {error} (BERTH_BUILD=release measures the plain release build)");
+                return None;
+            }
+        },
+        Ok("release") => {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+            eprintln!("xtask: cargo build --release -p berth");
+            if !Command::new(&cargo)
+                .args(["build", "--release", "-p", "berth"])
+                .current_dir(root)
+                .status()
+                .is_ok_and(|s| s.success())
+            {
+                eprintln!("xtask: the release build of berth failed");
+                return None;
+            }
+            root.join("target/release/berth")
+        }
+        Ok(other) => {
+            eprintln!("xtask: BERTH_BUILD={other}: say `dist` (the default, profile-guided) or `release`");
+            return None;
+        }
+    };
+    eprintln!("xtask: measuring {}", berth.display());
+    Some(berth)
 }
 
-/// Builds berth in release mode, then runs `bench/https/compare-https.sh` with that binary: HTTPS through
-/// the gateway, nginx and HAProxy with one shared certificate, with keep-alive connections and with a TLS
-/// handshake per request. The script prints one table per mode with ratios to nginx.
+/// Builds berth as a release ships it (`shipped_build`), then runs `bench/https/compare-https.sh` with
+/// that binary: HTTPS through the gateway, nginx and HAProxy with one shared certificate, with keep-alive
+/// connections and with a TLS handshake per request. The script prints one table per mode with ratios to
+/// nginx.
 fn bench_https(args: Vec<String>) -> ExitCode {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = repo_root();
     let script = root.join("bench/https/compare-https.sh");
     if !script.is_file() {
         eprintln!("xtask: {} is missing", script.display());
         return ExitCode::FAILURE;
     }
-    let Some(berth) = build_release(&root) else { return ExitCode::FAILURE };
+    let Some(berth) = shipped_build(&root) else { return ExitCode::FAILURE };
     eprintln!("xtask: bench-https: {}", script.display());
     let status = Command::new("bash").arg(&script).args(&args).env("BERTH_BIN", &berth).current_dir(&root).status();
     if !status.is_ok_and(|s| s.success()) {
