@@ -25,7 +25,7 @@ pub(crate) fn build(root: &Path) -> Result<PathBuf, String> {
     let profdata = llvm_profdata()?;
     let pgo = root.join("target/pgo");
     let raw = pgo.join("raw");
-    let generate = cargo_build(root, &pgo.join("generate"), &format!("-Cprofile-generate={}", raw.display()))?;
+    let generate = cargo_build(root, &pgo.join("generate"), Some(&format!("-Cprofile-generate={}", raw.display())))?;
     let profile = pgo.join(format!("berth-{:016x}.profdata", file_hash(&generate)?));
     if profile.is_file() {
         eprintln!("xtask: dist: the instrumented binary is unchanged; reusing {}", profile.display());
@@ -45,29 +45,29 @@ pub(crate) fn build(root: &Path) -> Result<PathBuf, String> {
             return Err(format!("`{profdata} merge` of {} failed", raw.display()));
         }
     }
-    cargo_build(root, &pgo.join("use"), &format!("-Cprofile-use={}", profile.display()))
+    cargo_build(root, &pgo.join("use"), Some(&format!("-Cprofile-use={}", profile.display())))
 }
 
-/// `cargo build --release -p berth` into `target_dir` with `flag` added to RUSTFLAGS.
-fn cargo_build(root: &Path, target_dir: &Path, flag: &str) -> Result<PathBuf, String> {
+/// `cargo build --release -p berth` into `target_dir`, with `flag` added to RUSTFLAGS; returns the binary.
+pub(crate) fn cargo_build(root: &Path, target_dir: &Path, flag: Option<&str>) -> Result<PathBuf, String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let rustflags = match std::env::var("RUSTFLAGS") {
-        Ok(own) if !own.trim().is_empty() => format!("{own} {flag}"),
-        _ => flag.to_owned(),
-    };
-    eprintln!(
-        "xtask: dist: RUSTFLAGS='{rustflags}' cargo build --release -p berth --target-dir {}",
-        target_dir.display()
-    );
-    let built = Command::new(&cargo)
-        .args(["build", "--release", "-p", "berth", "--target-dir"])
-        .arg(target_dir)
-        .env("RUSTFLAGS", rustflags)
-        .current_dir(root)
-        .status()
-        .map_err(|e| format!("{cargo}: {e}"))?;
-    if !built.success() {
-        return Err(format!("the build with {flag} failed"));
+    let mut build = Command::new(&cargo);
+    build.args(["build", "--release", "-p", "berth", "--target-dir"]).arg(target_dir).current_dir(root);
+    let mut shown = String::new();
+    if let Some(flag) = flag {
+        let rustflags = match std::env::var("RUSTFLAGS") {
+            Ok(own) if !own.trim().is_empty() => format!("{own} {flag}"),
+            _ => flag.to_owned(),
+        };
+        shown = format!("RUSTFLAGS='{rustflags}' ");
+        build.env("RUSTFLAGS", rustflags);
+    }
+    eprintln!("xtask: {shown}cargo build --release -p berth --target-dir {}", target_dir.display());
+    if !build.status().map_err(|e| format!("{cargo}: {e}"))?.success() {
+        return Err(format!(
+            "the release build of berth {}failed",
+            flag.map(|f| format!("with {f} ")).unwrap_or_default()
+        ));
     }
     Ok(target_dir.join("release/berth"))
 }

@@ -66,7 +66,7 @@ fn repo_root() -> std::path::PathBuf {
     root.canonicalize().unwrap_or(root)
 }
 
-/// Builds berth as a release ships it (`shipped_build`), then runs the peer kit twice in one go: throughput
+/// Builds the binary to measure (`measured_build`), then runs the peer kit twice in one go: throughput
 /// at 64 keep-alive connections, and latency at a fixed 120 requests/s. The kit prints each table with
 /// ratios to nginx.
 ///
@@ -79,7 +79,7 @@ fn bench(args: Vec<String>) -> ExitCode {
         eprintln!("xtask: the peer kit is missing at {} (it ships in shared/bench)", kit.display());
         return ExitCode::FAILURE;
     }
-    let Some(berth) = shipped_build(&root) else { return ExitCode::FAILURE };
+    let Some(berth) = measured_build(&root) else { return ExitCode::FAILURE };
     let gateway_cmd =
         format!("exec {} gateway --listen 127.0.0.1:$BERTH_GATEWAY_PORT --upstream $BENCH_UPSTREAM", berth.display());
     let throughput: Vec<String> = if args.is_empty() { vec![] } else { args };
@@ -106,39 +106,26 @@ fn bench(args: Vec<String>) -> ExitCode {
 
 /// The binary the benches measure: `cargo xtask dist`'s (profile-guided, what a release ships), or with
 /// `BERTH_BUILD=release` the plain `cargo build --release`.
-fn shipped_build(root: &std::path::Path) -> Option<std::path::PathBuf> {
-    let berth = match std::env::var("BERTH_BUILD").as_deref() {
-        Err(_) | Ok("dist") => match dist::build(root) {
-            Ok(berth) => berth,
-            Err(error) => {
-                eprintln!("xtask: dist: {error} (BERTH_BUILD=release measures the plain release build)");
-                return None;
-            }
-        },
-        Ok("release") => {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-            eprintln!("xtask: cargo build --release -p berth");
-            if !Command::new(&cargo)
-                .args(["build", "--release", "-p", "berth"])
-                .current_dir(root)
-                .status()
-                .is_ok_and(|s| s.success())
-            {
-                eprintln!("xtask: the release build of berth failed");
-                return None;
-            }
-            root.join("target/release/berth")
-        }
-        Ok(other) => {
-            eprintln!("xtask: BERTH_BUILD={other}: say `dist` (the default, profile-guided) or `release`");
-            return None;
-        }
+fn measured_build(root: &std::path::Path) -> Option<std::path::PathBuf> {
+    let built = match std::env::var("BERTH_BUILD").as_deref() {
+        Err(_) | Ok("dist") => dist::build(root)
+            .map_err(|error| format!("dist: {error} (BERTH_BUILD=release measures the plain release build)")),
+        Ok("release") => dist::cargo_build(root, &root.join("target"), None),
+        Ok(other) => Err(format!("BERTH_BUILD={other}: say `dist` (the default, profile-guided) or `release`")),
     };
-    eprintln!("xtask: measuring {}", berth.display());
-    Some(berth)
+    match built {
+        Ok(berth) => {
+            eprintln!("xtask: measuring {}", berth.display());
+            Some(berth)
+        }
+        Err(error) => {
+            eprintln!("xtask: {error}");
+            None
+        }
+    }
 }
 
-/// Builds berth as a release ships it (`shipped_build`), then runs `bench/https/compare-https.sh` with
+/// Builds the binary to measure (`measured_build`), then runs `bench/https/compare-https.sh` with
 /// that binary: HTTPS through the gateway, nginx and HAProxy with one shared certificate, with keep-alive
 /// connections and with a TLS handshake per request. The script prints one table per mode with ratios to
 /// nginx.
@@ -149,7 +136,7 @@ fn bench_https(args: Vec<String>) -> ExitCode {
         eprintln!("xtask: {} is missing", script.display());
         return ExitCode::FAILURE;
     }
-    let Some(berth) = shipped_build(&root) else { return ExitCode::FAILURE };
+    let Some(berth) = measured_build(&root) else { return ExitCode::FAILURE };
     eprintln!("xtask: bench-https: {}", script.display());
     let status = Command::new("bash").arg(&script).args(&args).env("BERTH_BIN", &berth).current_dir(&root).status();
     if !status.is_ok_and(|s| s.success()) {
