@@ -12,8 +12,8 @@
 //!    for it, the rest kept small.
 //!
 //! The profile is named after the instrumented binary, so a second `dist` without a code change reuses it
-//! and cargo has nothing to rebuild; a code change makes a new one (the flag's path changes with it, which
-//! is what tells cargo that the last build is stale).
+//! and cargo has nothing to rebuild (rustc reports the profile as an input of each crate, so a new one
+//! rebuilds them all); a code change makes a new one and the older ones are removed.
 
 mod train;
 
@@ -34,16 +34,25 @@ pub(crate) fn build(root: &Path) -> Result<PathBuf, String> {
         eprintln!("xtask: dist: training {} as `berth gateway`", generate.display());
         let served = train::run(&generate)?;
         eprintln!("xtask: dist: {served} requests served in training");
+        // Merged under another name first: only a whole profile may be found and reused by the next run.
+        let partial = profile.with_extension("partial");
         let merged = Command::new(&profdata)
             .arg("merge")
             .arg("-o")
-            .arg(&profile)
+            .arg(&partial)
             .arg(&raw)
             .status()
             .map_err(|e| format!("{profdata}: {e}"))?;
         if !merged.success() {
             return Err(format!("`{profdata} merge` of {} failed", raw.display()));
         }
+        // The profiles of earlier code go: one is kept.
+        for old in std::fs::read_dir(&pgo).into_iter().flatten().flatten() {
+            if old.file_name().to_string_lossy().ends_with(".profdata") {
+                let _ = std::fs::remove_file(old.path());
+            }
+        }
+        std::fs::rename(&partial, &profile).map_err(|e| format!("{}: {e}", profile.display()))?;
     }
     cargo_build(root, &pgo.join("use"), Some(&format!("-Cprofile-use={}", profile.display())))
 }

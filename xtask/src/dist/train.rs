@@ -139,14 +139,13 @@ impl Gateway {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| format!("{}: {e}", berth.display()))?;
-        // The gateway says where it listens on stderr; read in a thread so that a silent one times out.
+        // The gateway says where it listens on stderr; read in a thread so that a silent one times out, and
+        // read to the end, so that what it logs later never fills the pipe and blocks it.
         let (tx, rx) = mpsc::channel();
         let stderr = child.stderr.take().ok_or("the gateway's stderr")?;
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
+                let _ = tx.send(line);
             }
         });
         let (mut http, mut https) = (None, None);
