@@ -152,7 +152,7 @@ impl Gateway {
         while http.is_none() || https.is_none() {
             let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) else {
                 let _ = child.kill();
-                return Err("the instrumented gateway did not say where it listens within 30 s".to_owned());
+                return Err("the instrumented gateway exited, or did not say where it listens within 30 s".to_owned());
             };
             let addr = |prefix: &str| line.strip_prefix(prefix)?.split_whitespace().next()?.parse().ok();
             http = http.or_else(|| addr("berth: gateway on http://"));
