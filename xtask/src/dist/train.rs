@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-/// What one client connection does.
+/// One part of the training: how many client connections, and what each of them sends.
 struct Phase {
     what: &'static str,
     connections: usize,
@@ -87,13 +87,11 @@ fn drive(gateway: &Gateway) -> Result<usize, String> {
             served += client.join().map_err(|_| "a training client panicked".to_owned())??;
         }
     }
-    if let Some(https) = gateway.https {
-        // HTTP/2 by ALPN; h2c is served by the same HTTP/2 code, and curl 7.88 sends only the first request of
-        // a range over a prior-knowledge connection.
-        let base = format!("https://127.0.0.1:{}", https.port());
-        for (what, flag) in [("HTTPS, HTTP/1.1", "--http1.1"), ("HTTPS, HTTP/2", "--http2")] {
-            served += curl(what, &base, &["-k", flag])?;
-        }
+    // HTTP/2 by ALPN; h2c is served by the same HTTP/2 code, and curl 7.88 sends only the first request of a
+    // range over a prior-knowledge connection.
+    let base = format!("https://127.0.0.1:{}", gateway.https.port());
+    for (what, flag) in [("HTTPS, HTTP/1.1", "--http1.1"), ("HTTPS, HTTP/2", "--http2")] {
+        served += curl(what, &base, &["-k", flag])?;
     }
     Ok(served)
 }
@@ -127,7 +125,7 @@ fn curl(what: &str, base: &str, flags: &[&str]) -> Result<usize, String> {
 struct Gateway {
     child: Child,
     http: SocketAddr,
-    https: Option<SocketAddr>,
+    https: SocketAddr,
 }
 
 impl Gateway {
@@ -149,7 +147,10 @@ impl Gateway {
             }
         });
         let (mut http, mut https) = (None, None);
-        while http.is_none() || https.is_none() {
+        loop {
+            if let (Some(http), Some(https)) = (http, https) {
+                return Ok(Self { child, http, https });
+            }
             let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) else {
                 let _ = child.kill();
                 return Err("the instrumented gateway exited, or did not say where it listens within 30 s".to_owned());
@@ -158,7 +159,6 @@ impl Gateway {
             http = http.or_else(|| addr("berth: gateway on http://"));
             https = https.or_else(|| addr("berth: gateway on https://"));
         }
-        Ok(Self { child, http: http.ok_or("no http address")?, https })
     }
 
     /// SIGINT, the way the gateway stops cleanly: only a process that exits writes its counters.
@@ -207,7 +207,7 @@ fn client(addr: SocketAddr, phase: &Phase) -> Result<usize, String> {
             conn = connect()?;
         }
         conn.get_mut().write_all(&request).map_err(|e| format!("{}: write: {e}", phase.what))?;
-        let (status, _) = read_message(&mut conn).map_err(|e| format!("{}: read: {e}", phase.what))?;
+        let status = read_message(&mut conn).map_err(|e| format!("{}: read: {e}", phase.what))?;
         if status != 200 {
             return Err(format!("{}: the gateway answered {status}, not 200", phase.what));
         }
@@ -247,8 +247,8 @@ fn serve_upstream(listener: TcpListener) {
 }
 
 /// Reads one HTTP/1.1 message (head, then a `Content-Length` body); returns the status code of a response
-/// (0 for a request) and the body's length.
-fn read_message(conn: &mut BufReader<TcpStream>) -> io::Result<(u16, usize)> {
+/// (0 for a request).
+fn read_message(conn: &mut BufReader<TcpStream>) -> io::Result<u16> {
     let mut line = String::new();
     let mut first = true;
     let (mut status, mut length) = (0, 0);
@@ -276,8 +276,8 @@ fn read_message(conn: &mut BufReader<TcpStream>) -> io::Result<(u16, usize)> {
             }
         }
     }
-    io::copy(&mut conn.by_ref().take(length as u64), &mut io::sink())?;
-    Ok((status, length))
+    io::copy(&mut conn.by_ref().take(length), &mut io::sink())?;
+    Ok(status)
 }
 
 #[cfg(test)]
