@@ -9,6 +9,7 @@
 mod dist;
 #[cfg(test)]
 mod tidy;
+mod verdict;
 
 use std::process::{Command, ExitCode};
 
@@ -68,7 +69,8 @@ fn repo_root() -> std::path::PathBuf {
 
 /// Builds the binary to measure (`measured_build`), then runs the peer kit twice in one go: throughput
 /// at 64 keep-alive connections, and latency at a fixed 120 requests/s. The kit prints each table with
-/// ratios to nginx.
+/// ratios to nginx; then berth against nginx on the gateway's goal (`verdict.rs`): the unrounded ratio of
+/// the medians, and in how many rounds berth was ahead.
 ///
 /// Five interleaved rounds per target unless `ROUNDS` says otherwise (the kit's default is three): at
 /// 120 req/s one round's p99 moves by 10–20% on a shared machine, more than the targets differ.
@@ -87,21 +89,55 @@ fn bench(args: Vec<String>) -> ExitCode {
         ("throughput, 64 keep-alive connections", throughput),
         ("latency at a fixed 120 req/s", vec!["--latency".to_owned()]),
     ];
+    let mut measured = Vec::new();
     for (what, run_args) in runs {
         eprintln!("xtask: bench: {what}");
-        let status = Command::new("bash")
-            .arg(kit.join("compare.sh"))
-            .args(&run_args)
-            .env("BERTH_GATEWAY_CMD", &gateway_cmd)
-            .env("ROUNDS", std::env::var_os("ROUNDS").unwrap_or_else(|| "5".into()))
-            .current_dir(&kit)
-            .status();
-        if !status.is_ok_and(|s| s.success()) {
-            eprintln!("xtask: bench ({what}) failed");
-            return ExitCode::FAILURE;
+        match run_kit(&kit, &run_args, &gateway_cmd) {
+            Ok(rounds) => measured.push((what, rounds)),
+            Err(error) => {
+                eprintln!("xtask: bench ({what}) failed: {error}");
+                return ExitCode::FAILURE;
+            }
         }
     }
+    if let [(rps_what, rps_rounds), (p99_what, p99_rounds)] = measured.as_slice() {
+        eprintln!("xtask: bench: berth against nginx (the goal: throughput at least nginx's, p99 no worse)");
+        eprintln!("  {rps_what}: {}", verdict::describe(verdict::throughput(rps_rounds).as_ref(), "ahead"));
+        eprintln!("  {p99_what}, p99: {}", verdict::describe(verdict::latency(p99_rounds).as_ref(), "lower"));
+    }
     ExitCode::SUCCESS
+}
+
+/// Runs the kit's `compare.sh` with `args`; its stderr passes through, and the round lines on it are kept
+/// for the verdict.
+fn run_kit(kit: &std::path::Path, args: &[String], gateway_cmd: &str) -> Result<Vec<verdict::Round>, String> {
+    use std::io::BufRead;
+    let mut child = Command::new("bash")
+        .arg(kit.join("compare.sh"))
+        .args(args)
+        .env("BERTH_GATEWAY_CMD", gateway_cmd)
+        .env("ROUNDS", std::env::var_os("ROUNDS").unwrap_or_else(|| "5".into()))
+        .current_dir(kit)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("bash: {e}"))?;
+    let mut rounds = Vec::new();
+    if let Some(stderr) = child.stderr.take() {
+        // Read to the end whatever the bytes are, so that the kit never blocks on a full pipe.
+        let mut stderr = std::io::BufReader::new(stderr);
+        let mut line = Vec::new();
+        while stderr.read_until(b'\n', &mut line).is_ok_and(|read| read > 0) {
+            let text = String::from_utf8_lossy(&line);
+            eprint!("{text}");
+            rounds.extend(verdict::parse_round(&text));
+            line.clear();
+        }
+    }
+    match child.wait() {
+        Ok(status) if status.success() => Ok(rounds),
+        Ok(status) => Err(format!("compare.sh exited with {status}")),
+        Err(e) => Err(format!("compare.sh: {e}")),
+    }
 }
 
 /// The binary the benches measure: `cargo xtask dist`'s (profile-guided, what a release ships), or with
