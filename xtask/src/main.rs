@@ -84,11 +84,13 @@ fn bench(args: Vec<String>) -> ExitCode {
     let Some(berth) = measured_build(&root) else { return ExitCode::FAILURE };
     let gateway_cmd =
         format!("exec {} gateway --listen 127.0.0.1:$BERTH_GATEWAY_PORT --upstream $BENCH_UPSTREAM", berth.display());
-    let throughput: Vec<String> = if args.is_empty() { vec![] } else { args };
-    let runs: [(&str, Vec<String>); 2] = [
-        ("throughput, 64 keep-alive connections", throughput),
-        ("latency at a fixed 120 req/s", vec!["--latency".to_owned()]),
-    ];
+    // The kit's own arguments (seconds, connections) change the throughput run; the label says so.
+    let throughput_label = match args.as_slice() {
+        [] => "throughput, 64 keep-alive connections".to_owned(),
+        given => format!("throughput (compare.sh {})", given.join(" ")),
+    };
+    let runs: [(String, Vec<String>); 2] =
+        [(throughput_label, args), ("latency at a fixed 120 req/s".to_owned(), vec!["--latency".to_owned()])];
     let mut measured = Vec::new();
     for (what, run_args) in runs {
         eprintln!("xtask: bench: {what}");
