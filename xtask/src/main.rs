@@ -89,24 +89,16 @@ fn bench(args: Vec<String>) -> ExitCode {
         [] => "throughput, 64 keep-alive connections".to_owned(),
         given => format!("throughput (compare.sh {})", given.join(" ")),
     };
-    let runs: [(String, Vec<String>); 2] =
-        [(throughput_label, args), ("latency at a fixed 120 req/s".to_owned(), vec!["--latency".to_owned()])];
-    let mut measured = Vec::new();
-    for (what, run_args) in runs {
+    let measure = |what: &str, run_args: &[String]| {
         eprintln!("xtask: bench: {what}");
-        match run_kit(&kit, &run_args, &gateway_cmd) {
-            Ok(rounds) => measured.push((what, rounds)),
-            Err(error) => {
-                eprintln!("xtask: bench ({what}) failed: {error}");
-                return ExitCode::FAILURE;
-            }
-        }
-    }
-    if let [(rps_what, rps_rounds), (p99_what, p99_rounds)] = measured.as_slice() {
-        eprintln!("xtask: bench: berth against nginx (the goal: throughput at least nginx's, p99 no worse)");
-        eprintln!("  {rps_what}: {}", verdict::describe(verdict::throughput(rps_rounds).as_ref(), "ahead"));
-        eprintln!("  {p99_what}, p99: {}", verdict::describe(verdict::latency(p99_rounds).as_ref(), "lower"));
-    }
+        run_kit(&kit, run_args, &gateway_cmd).map_err(|error| eprintln!("xtask: bench ({what}) failed: {error}"))
+    };
+    let Ok(rps_rounds) = measure(&throughput_label, &args) else { return ExitCode::FAILURE };
+    let latency_label = "latency at a fixed 120 req/s";
+    let Ok(p99_rounds) = measure(latency_label, &["--latency".to_owned()]) else { return ExitCode::FAILURE };
+    eprintln!("xtask: bench: berth against nginx (the goal: throughput at least nginx's, p99 no worse)");
+    eprintln!("  {throughput_label}: {}", verdict::describe(verdict::throughput(&rps_rounds).as_ref(), "ahead"));
+    eprintln!("  {latency_label}, p99: {}", verdict::describe(verdict::latency(&p99_rounds).as_ref(), "lower"));
     ExitCode::SUCCESS
 }
 

@@ -7,7 +7,7 @@
 //! table, here unrounded) and in how many rounds berth was ahead, which one median does not show.
 
 /// One target's numbers in one round.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, PartialEq)]
 pub(crate) struct Round {
     pub(crate) target: String,
     pub(crate) rps: f64,
@@ -35,7 +35,7 @@ pub(crate) fn parse_round(line: &str) -> Option<Round> {
 }
 
 /// berth against nginx on one measure.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, PartialEq)]
 pub(crate) struct Comparison {
     /// berth's median over nginx's.
     pub(crate) ratio: f64,
