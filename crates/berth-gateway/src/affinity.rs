@@ -7,8 +7,9 @@
 //! was about 10% lower. At a low rate the opposite holds: a pinned worker must be woken on its own CPU even
 //! when the other one is where the packet arrived, and the p99 at 120 req/s was worse in every round. So each
 //! worker looks at its own CPU time once a check is due and it has started a request since, when it next
-//! parks with nothing to do (while it waits for the replica's answer, not on the request's way to it, nor
-//! on the answer's when it is already there): every 50 ms while free (load that arrives is pinned within
+//! parks with nothing to do and no answer already there (not on the request's way to the replica, nor on
+//! the answer's; at a low rate mostly the park after the answer is written, as the replica woken by the
+//! send usually answers before the worker parks): every 50 ms while free (load that arrives is pinned within
 //! one check, so few of its requests see the unpinned worker; checking every 500 ms, the first half second
 //! of a saturating run raised its p99 by half), every 500 ms while pinned. On the request path, not on a
 //! timer: an idle worker is never woken for it, and at 120 req/s the check costs no wake-up of its own.
@@ -91,8 +92,8 @@ thread_local! {
 /// Called for each request a worker starts, with the time it started: a check falls due on the request
 /// path, so a worker that serves nothing is never woken for it (an idle worker keeps whatever placement it
 /// had; its next request finds out it has been idle). The check itself, a read of the thread's CPU time,
-/// waits for `before_park`, when the worker has written the request and waits for the answer, rather than
-/// standing between the request's arrival and its forwarding. A worker so busy that it has not parked
+/// waits for `before_park` (a park at which the busy poll found no answer), rather than standing between
+/// the request's arrival and its forwarding. A worker so busy that it has not parked
 /// since a request found the check due checks on the request path, once `CHECK_FREE` is past.
 pub(crate) fn on_request(now: Instant) {
     match NEXT_CHECK.get() {
@@ -241,8 +242,8 @@ fn next_policy(batch: bool, busy: f64) -> Option<bool> {
 /// <idle>`, the idle time of all CPUs together): total is the uptime times `cpus`, busy what of it was not
 /// idle (waiting for I/O counts as busy here). It was the first line of `/proc/stat`, whose text the kernel
 /// formats whole on every read, an interrupt count per vector included: 7.6 µs a read against 1.2 warm on
-/// the peer kit's VM, on the path of every third request at 120 req/s (the check runs while the worker
-/// waits for the replica, which may be waiting for this CPU).
+/// the peer kit's VM, and at 120 req/s 28 µs against 10 (traced) after one request in four, often with the
+/// client just woken on this CPU and waiting behind it (`docs/benchmarks.md`).
 fn read_cpu_times(uptime: &std::fs::File, cpus: u64) -> Option<(u64, u64)> {
     use std::os::unix::fs::FileExt;
     let mut buf = [0u8; 64];
