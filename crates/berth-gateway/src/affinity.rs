@@ -93,8 +93,8 @@ thread_local! {
 /// path, so a worker that serves nothing is never woken for it (an idle worker keeps whatever placement it
 /// had; its next request finds out it has been idle). The check itself, a read of the thread's CPU time,
 /// waits for `before_park` (a park at which the busy poll found no answer), rather than standing between
-/// the request's arrival and its forwarding. A worker so busy that it has not parked
-/// since a request found the check due checks on the request path, once `CHECK_FREE` is past.
+/// the request's arrival and its forwarding. A worker so busy that it has not parked since a request found
+/// the check due checks on the request path, once `CHECK_FREE` is past.
 pub(crate) fn on_request(now: Instant) {
     match NEXT_CHECK.get() {
         Some(due) if now >= due + CHECK_FREE && CHECK_AT_PARK.get() => check_now(now),
@@ -371,9 +371,9 @@ mod tests {
             x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(1));
         }
         let after = read_cpu_times(&uptime, cpus).expect("uptime and idle");
-        let (busy, total) = (after.0 - before.0, after.1 - before.1);
+        let (busy, total) = (after.0.saturating_sub(before.0), after.1.saturating_sub(before.1));
         assert!(busy <= total, "{busy} of {total}");
-        // One CPU of `cpus` spun the whole time (less a hundredth either side for the counters' resolution).
+        // One CPU of `cpus` spun the whole time; the slack covers the counters' hundredths.
         assert!(busy as f64 >= total as f64 / cpus as f64 * 0.7, "{busy} of {total} busy on {cpus} CPUs ({x})");
     }
 
