@@ -361,16 +361,14 @@ mod tests {
 
     #[test]
     fn the_machine_looks_busy_while_a_cpu_spins() {
-        let cpus = count_cpus(&std::fs::read_to_string("/sys/devices/system/cpu/online").expect("online CPUs"))
-            .expect("a CPU list");
-        let uptime = std::fs::File::open("/proc/uptime").expect("/proc/uptime");
-        let before = read_cpu_times(&uptime, cpus).expect("uptime and idle");
+        let quiet = QuietMachine::open().expect("/proc/uptime and the online CPUs");
+        let (before, cpus) = (quiet.last, quiet.cpus);
         let start = Instant::now();
         let mut x = 0u64;
         while start.elapsed() < Duration::from_millis(300) {
             x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(1));
         }
-        let after = read_cpu_times(&uptime, cpus).expect("uptime and idle");
+        let after = read_cpu_times(&quiet.uptime, cpus).expect("uptime and idle");
         let (busy, total) = (after.0.saturating_sub(before.0), after.1.saturating_sub(before.1));
         assert!(busy <= total, "{busy} of {total}");
         // One CPU of `cpus` spun the whole time; the slack covers the counters' hundredths.
