@@ -31,7 +31,7 @@ pub use platform::{
     ApiListener, CertificateFiles, DeployHooks, GatewayListeners, Listen, PlatformConfig, parse_platform,
 };
 pub use toml::Spanned;
-pub use units::{format_duration, format_size, parse_duration, parse_size};
+pub use units::{format_duration, format_size, format_size_rounded, parse_duration, parse_size};
 pub use validate::{MAX_REPLICAS, is_dns_label};
 
 use serde::Deserialize;

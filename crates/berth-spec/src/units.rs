@@ -191,6 +191,20 @@ pub fn format_size(bytes: u64) -> String {
     format!("{bytes}B")
 }
 
+/// Formats a byte count for people rather than for `app.toml`: KiB, MiB or GiB, rounded (`"2KiB"`,
+/// `"128.0MiB"`, `"1.5GiB"`). Unlike [`format_size`], it does not parse back to the same count.
+pub fn format_size_rounded(bytes: u64) -> String {
+    const MIB: f64 = 1024.0 * 1024.0;
+    let b = bytes as f64;
+    if b >= 1024.0 * MIB {
+        format!("{:.1}GiB", b / (1024.0 * MIB))
+    } else if b >= MIB {
+        format!("{:.1}MiB", b / MIB)
+    } else {
+        format!("{:.0}KiB", b / 1024.0)
+    }
+}
+
 /// Parses a CPU amount written as a string: `"500m"` (millicores), `"1"` or `"0.5"` (cores).
 pub(crate) fn parse_cpu(s: &str) -> Result<u32, String> {
     let text = s.trim();

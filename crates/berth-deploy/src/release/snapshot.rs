@@ -16,6 +16,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use berth_spec::format_size_rounded;
 use sha2::{Digest, Sha256};
 
 use super::{GitCommit, Release, ReleaseError, ReleaseOutcome};
@@ -159,8 +160,8 @@ fn copy_release(
         return Err(ReleaseError::TooLarge {
             service: name.clone(),
             dir: service.dir.display().to_string(),
-            size: bytes_human(total),
-            bound: bytes_human(max_bytes),
+            size: format_size_rounded(total),
+            bound: format_size_rounded(max_bytes),
             largest: largest_entries(&entries, 3),
         });
     }
@@ -406,22 +407,10 @@ fn largest_entries(entries: &[Entry], n: usize) -> String {
         .iter()
         .take(n)
         .map(|(path, (size, is_dir))| {
-            format!("{}{} ({})", path.display(), if *is_dir { "/" } else { "" }, bytes_human(*size))
+            format!("{}{} ({})", path.display(), if *is_dir { "/" } else { "" }, format_size_rounded(*size))
         })
         .collect();
     shown.join(", ")
-}
-
-fn bytes_human(bytes: u64) -> String {
-    const MIB: f64 = 1024.0 * 1024.0;
-    let b = bytes as f64;
-    if b >= 1024.0 * MIB {
-        format!("{:.1}GiB", b / (1024.0 * MIB))
-    } else if b >= MIB {
-        format!("{:.1}MiB", b / MIB)
-    } else {
-        format!("{:.0}KiB", b / 1024.0)
-    }
 }
 
 /// `a/b/../c` as `a/c`, without touching the filesystem (for messages about paths that do not exist).

@@ -112,6 +112,13 @@ fn sizes_format_with_the_largest_exact_unit() {
 }
 
 #[test]
+fn sizes_for_people_are_rounded() {
+    assert_eq!(format_size_rounded(128 << 20), "128.0MiB");
+    assert_eq!(format_size_rounded(3 << 29), "1.5GiB");
+    assert_eq!(format_size_rounded(2048), "2KiB");
+}
+
+#[test]
 fn cpu_amounts() {
     assert_eq!(parse_cpu("500m"), Ok(500));
     assert_eq!(parse_cpu("1"), Ok(1_000));

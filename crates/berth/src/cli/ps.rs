@@ -4,6 +4,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use berth_api::wire::{ReplicaView, ServiceView};
+use berth_spec::format_size_rounded;
 
 use super::args::PsArgs;
 use super::client::Client;
@@ -31,7 +32,7 @@ pub fn render(services: &[ServiceView]) -> String {
     for service in services {
         let limit = service
             .memory_limit_bytes
-            .map(|bytes| format!("memory limit {} ({})", bytes_human(bytes), service.memory_enforcement))
+            .map(|bytes| format!("memory limit {} ({})", format_size_rounded(bytes), service.memory_enforcement))
             .unwrap_or_else(|| "no memory limit".to_owned());
         // Instances of another release are running: a rollout (or a rollback) is under way.
         let other_release =
@@ -71,21 +72,9 @@ fn row(replica: &ReplicaView) -> [String; 10] {
         replica.restarts.to_string(),
         replica.last_probe.clone().unwrap_or_else(dash),
         replica.cpu_percent.map(|c| format!("{c:.1}%")).unwrap_or_else(dash),
-        replica.rss_bytes.map(bytes_human).unwrap_or_else(dash),
+        replica.rss_bytes.map(format_size_rounded).unwrap_or_else(dash),
         replica.last_exit.as_ref().map(|exit| exit.message.clone()).unwrap_or_else(dash),
     ]
-}
-
-pub fn bytes_human(bytes: u64) -> String {
-    const MIB: f64 = 1024.0 * 1024.0;
-    let b = bytes as f64;
-    if b >= 1024.0 * MIB {
-        format!("{:.1}GiB", b / (1024.0 * MIB))
-    } else if b >= MIB {
-        format!("{:.1}MiB", b / MIB)
-    } else {
-        format!("{:.0}KiB", b / 1024.0)
-    }
 }
 
 fn duration_human(secs: u64) -> String {
@@ -102,9 +91,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn human_units() {
-        assert_eq!(bytes_human(128 * 1024 * 1024), "128.0MiB");
-        assert_eq!(bytes_human(2048), "2KiB");
+    fn durations_for_people() {
         assert_eq!(duration_human(59), "59s");
         assert_eq!(duration_human(61), "1m1s");
         assert_eq!(duration_human(7322), "2h2m");
