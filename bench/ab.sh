@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # ab.sh — A/B of gateway builds beside nginx, in alternating rounds, on one upstream.
 #
-#   bench/ab.sh [--throughput] [--same-job] NAME=BINARY [NAME=BINARY ...]
+#   bench/ab.sh [--throughput] [--same-job] [--twin] [NAME=BINARY ...]
 #
 # For a change to the gateway, `cargo xtask bench` says where berth stands against its peers; this says
 # whether the change moved it. Every binary runs `berth gateway` in front of the kit's upstream (one nginx
@@ -13,7 +13,9 @@
 # --same-job adds `nginx-same`: the kit's nginx made to do the gateway's header work too (the client's
 # Host passed on, X-Forwarded-For/-Proto/-Host, X-Source, X-Request-Id and a traceparent to the replica,
 # X-Request-Id back to the client), so that the replica gets the same bytes from both; ratios stay to the
-# kit's nginx.
+# kit's nginx. --twin adds `nginx-twin`, a second copy of the kit's nginx: what an A/A comparison gives on
+# this machine, i.e. how far a proxy that costs exactly nginx's lands from 1.0 in a run of this many rounds
+# (with --twin or --same-job no build is needed).
 #
 # Knobs: ROUNDS=6, SECS=12 (per measurement), RATE=120 and CONNS=16 (latency), CONNS=64 (throughput).
 # Needs nginx, oha, wrk, curl, python3 (../shared/bench/setup.sh). Loopback only; every run is bounded.
@@ -25,14 +27,18 @@ SCRIPT=ab.sh
 source "$(dirname "${BASH_SOURCE[0]}")/peers.sh"
 MODE=latency
 SAME_JOB=
+TWIN=
 while true; do
   case "${1:-}" in
     --throughput) MODE=throughput; shift ;;
     --same-job) SAME_JOB=1; shift ;;
+    --twin) TWIN=1; shift ;;
     *) break ;;
   esac
 done
-if [ "$#" -eq 0 ] || [ "${1:-}" = -h ] || [ "${1:-}" = --help ]; then sed -n '2,21p' "$0"; exit 2; fi
+if { [ "$#" -eq 0 ] && [ -z "$SAME_JOB$TWIN" ]; } || [ "${1:-}" = -h ] || [ "${1:-}" = --help ]; then
+  sed -n '2,24p' "$0"; exit 2
+fi
 ROUNDS="${ROUNDS:-6}"
 SECS="${SECS:-12}"
 RATE="${RATE:-120}"
@@ -49,6 +55,17 @@ cpu_ticks() { # pid
   echo "$total"
 }
 
+# nginx_copy NAME [SED_ARGS...]: the kit's nginx once more, as target NAME from a directory of its own, its
+# config rendered and then edited with SED_ARGS.
+nginx_copy() {
+  local name="$1" dir="$RUN/$1"; shift
+  mkdir -p "$dir/nginx-tmp"
+  PORT[$name]="$(free_port)"
+  render "$CONF/nginx.conf" "$dir/nginx.conf.in" "${PORT[$name]}" "$upstream_port"
+  sed -e "s|$RUN/|$dir/|g" "$@" "$dir/nginx.conf.in" > "$dir/nginx.conf"
+  start_nginx "$name" "$dir" "$dir/nginx.conf"
+}
+
 start_upstream
 start_kit_nginx
 if [ -n "$SAME_JOB" ]; then
@@ -59,14 +76,11 @@ if [ -n "$SAME_JOB" ]; then
   same+=' proxy_set_header X-Forwarded-Host $http_host; proxy_set_header X-Source external;'
   same+=' proxy_set_header X-Request-Id $request_id;'
   same+=' proxy_set_header traceparent "00-$request_id-00f067aa0ba902b7-01"; add_header X-Request-Id $request_id always;'
-  mkdir -p "$RUN/same/nginx-tmp"
-  PORT[nginx-same]="$(free_port)"
-  render "$CONF/nginx.conf" "$RUN/same/nginx.conf.in" "${PORT[nginx-same]}" "$upstream_port"
-  sed -e "s|$RUN/|$RUN/same/|g" -e "s|proxy_set_header Connection \"\";|$same|" "$RUN/same/nginx.conf.in" > "$RUN/same/nginx.conf"
-  grep -q X-Forwarded-For "$RUN/same/nginx.conf" || die "the kit's nginx.conf has no 'proxy_set_header Connection \"\";' to extend"
-  start_nginx nginx-same "$RUN/same" "$RUN/same/nginx.conf"
+  nginx_copy nginx-same -e "s|proxy_set_header Connection \"\";|$same|"
+  grep -q X-Forwarded-For "$RUN/nginx-same/nginx.conf" || die "the kit's nginx.conf has no 'proxy_set_header Connection \"\";' to extend"
 fi
-start_gateways "$@"
+[ -z "$TWIN" ] || nginx_copy nginx-twin
+[ "$#" -eq 0 ] || start_gateways "$@"
 warm_up "$CONNS"
 
 if [ "$MODE" = latency ]; then
