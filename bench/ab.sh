@@ -37,7 +37,7 @@ while true; do
   esac
 done
 if { [ "$#" -eq 0 ] && [ -z "$SAME_JOB$TWIN" ]; } || [ "${1:-}" = -h ] || [ "${1:-}" = --help ]; then
-  sed -n '2,24p' "$0"; exit 2
+  sed -n '2,23p' "$0"; exit 2
 fi
 ROUNDS="${ROUNDS:-6}"
 SECS="${SECS:-12}"

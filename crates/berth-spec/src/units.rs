@@ -3,8 +3,9 @@
 //!
 //! Every parser has a matching formatter, and `parse(format(x)) == x` holds for every value a
 //! parser can return, so the effective config printed by `berth check` parses back to the same
-//! spec. Error messages are lowercase sentences that name the accepted units, because they end up
-//! in user-facing diagnostics.
+//! spec. `format_size_rounded` is the one formatter outside that pair: a size for people (`berth ps`,
+//! messages), rounded, not meant to parse back. Error messages are lowercase sentences that name the
+//! accepted units, because they end up in user-facing diagnostics.
 
 use std::time::Duration;
 
