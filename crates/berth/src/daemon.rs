@@ -174,12 +174,27 @@ async fn bind_secure(
 pub async fn run_gateway(args: crate::cli::args::GatewayArgs) -> anyhow::Result<()> {
     use berth_gateway::{RoutingTable, ServiceRoutes, Upstream};
     let upstreams = args.upstream;
-    let tls = args.https.map(|_| TlsConfig {
+    // Self-signed certificates (and their keys) last as long as this gateway: a directory of its own,
+    // removed when it stops on SIGINT or SIGTERM.
+    let cert_dir = || {
+        tempfile::Builder::new().prefix("berth-gateway-certs-").tempdir().map_err(|error| {
+            anyhow::Error::new(super::cli::error::UserError {
+                message: format!("cannot create a directory for self-signed certificates: {error}"),
+                hint: Some(format!(
+                    "{} must be writable; set TMPDIR to another directory",
+                    std::env::temp_dir().display()
+                )),
+                code: 1,
+            })
+        })
+    };
+    let self_signed_dir = args.https.map(|_| cert_dir()).transpose()?;
+    let tls = self_signed_dir.as_ref().map(|dir| TlsConfig {
         certificates: match (args.cert, args.key) {
             (Some(cert), Some(key)) => vec![CertificateFiles { cert, key }],
             _ => Vec::new(),
         },
-        self_signed_dir: std::env::temp_dir().join(format!("berth-gateway-{}-certs", std::process::id())),
+        self_signed_dir: dir.path().to_owned(),
     });
     let gateway = Gateway::new(GatewayConfig { tls, ..GatewayConfig::default() });
     let endpoints = upstreams
@@ -211,9 +226,11 @@ pub async fn run_gateway(args: crate::cli::args::GatewayArgs) -> anyhow::Result<
     if let Some(https) = &https {
         eprintln!("berth: gateway on https://{}", https.local_addr()?);
     }
+    let never_notified = Notify::new();
     tokio::select! {
         res = gateway.serve(Listeners { http: Some(listener), https, http3 }) => res?,
-        _ = tokio::signal::ctrl_c() => {}
+        _ = wait_for_stop(&never_notified) => {}
     }
+    drop(self_signed_dir); // removes the certificates
     Ok(())
 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use berth_test_support::h3_client::{Trust, h3_get};
-use berth_test_support::{http_request, https_get};
+use berth_test_support::{http_request, https_get, wait_until};
 
 use crate::support::*;
 
@@ -79,8 +79,37 @@ fn berth_toml_gives_the_user_certificate_and_turns_the_access_log_on() {
     assert!(self_signed.is_err(), "api.localhost is not covered by the user certificate: {self_signed:?}");
 
     // berth.toml turned the access log on: the request above is in the daemon's log.
-    berth_test_support::wait_until(Duration::from_secs(5), "an access log line", || {
+    wait_until(Duration::from_secs(5), "an access log line", || {
         let out = std::fs::read_to_string(daemon.state_dir().join("daemon.out")).ok()?;
         out.lines().find(|line| line.contains("berth::access") && line.contains("api.example.test")).map(str::to_owned)
     });
+}
+
+#[test]
+fn the_standalone_gateway_removes_its_self_signed_certificates_when_it_stops() {
+    let tmp = berth_test_support::temp_dir();
+    let mut gateway = std::process::Command::new(berth())
+        .args(["gateway", "--listen", "127.0.0.1:0", "--https", "127.0.0.1:0", "--no-http3"])
+        .args(["--upstream", "127.0.0.1:9"])
+        .env("TMPDIR", tmp.path())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start berth gateway");
+    let keys = || -> Vec<std::path::PathBuf> {
+        let dirs = std::fs::read_dir(tmp.path()).into_iter().flatten().flatten().map(|entry| entry.path());
+        dirs.flat_map(|dir| std::fs::read_dir(dir).into_iter().flatten().flatten().map(|entry| entry.path()))
+            .filter(|file| file.extension().is_some_and(|ext| ext == "key"))
+            .collect()
+    };
+    let running = wait_until(Duration::from_secs(30), "a self-signed key under TMPDIR", || {
+        let found = keys();
+        (!found.is_empty()).then_some(found)
+    });
+    signal(gateway.id() as i32, libc::SIGTERM);
+    let status = wait_until(Duration::from_secs(10), "the gateway to exit on SIGTERM", || {
+        gateway.try_wait().expect("wait for the gateway")
+    });
+    assert!(status.success(), "{status}");
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).expect("TMPDIR").flatten().map(|entry| entry.path()).collect();
+    assert!(left.is_empty(), "left behind after {running:?}: {left:?}");
 }
