@@ -72,8 +72,10 @@ fn repo_root() -> std::path::PathBuf {
 /// ratios to nginx; then berth against nginx on the gateway's goal (`verdict.rs`): the unrounded ratio of
 /// the medians, and in how many rounds berth was ahead.
 ///
-/// Five interleaved rounds per target unless `ROUNDS` says otherwise (the kit's default is three): at
-/// 120 req/s one round's p99 moves by 10–20% on a shared machine, more than the targets differ.
+/// Ten interleaved rounds per target (the kit's most) unless `ROUNDS` says otherwise (the kit's default is
+/// three): at 120 req/s one round's p99 moves by 10–20% on a shared machine, and with five rounds nginx
+/// against a copy of itself came out anywhere from 0.91× to 1.08× (docs/benchmarks.md), more than berth
+/// and nginx differ. A run takes about half an hour.
 fn bench(args: Vec<String>) -> ExitCode {
     let root = repo_root();
     let kit = root.join("../shared/bench");
@@ -110,7 +112,7 @@ fn run_kit(kit: &std::path::Path, args: &[String], gateway_cmd: &str) -> Result<
         .arg(kit.join("compare.sh"))
         .args(args)
         .env("BERTH_GATEWAY_CMD", gateway_cmd)
-        .env("ROUNDS", std::env::var_os("ROUNDS").unwrap_or_else(|| "5".into()))
+        .env("ROUNDS", std::env::var_os("ROUNDS").unwrap_or_else(|| "10".into()))
         .current_dir(kit)
         .stderr(std::process::Stdio::piped())
         .spawn()
