@@ -88,13 +88,23 @@ fn berth_toml_gives_the_user_certificate_and_turns_the_access_log_on() {
 #[test]
 fn the_standalone_gateway_removes_its_self_signed_certificates_when_it_stops() {
     let tmp = berth_test_support::temp_dir();
-    let mut gateway = std::process::Command::new(berth())
-        .args(["gateway", "--listen", "127.0.0.1:0", "--https", "127.0.0.1:0", "--no-http3"])
-        .args(["--upstream", "127.0.0.1:9"])
-        .env("TMPDIR", tmp.path())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start berth gateway");
+    /// Kills the gateway if the test fails before it has stopped.
+    struct Running(std::process::Child);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut gateway = Running(
+        std::process::Command::new(berth())
+            .args(["gateway", "--listen", "127.0.0.1:0", "--https", "127.0.0.1:0", "--no-http3"])
+            .args(["--upstream", "127.0.0.1:9"])
+            .env("TMPDIR", tmp.path())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start berth gateway"),
+    );
     let keys = || -> Vec<std::path::PathBuf> {
         let dirs = std::fs::read_dir(tmp.path()).into_iter().flatten().flatten().map(|entry| entry.path());
         dirs.flat_map(|dir| std::fs::read_dir(dir).into_iter().flatten().flatten().map(|entry| entry.path()))
@@ -105,9 +115,9 @@ fn the_standalone_gateway_removes_its_self_signed_certificates_when_it_stops() {
         let found = keys();
         (!found.is_empty()).then_some(found)
     });
-    signal(gateway.id() as i32, libc::SIGTERM);
+    signal(gateway.0.id() as i32, libc::SIGTERM);
     let status = wait_until(Duration::from_secs(10), "the gateway to exit on SIGTERM", || {
-        gateway.try_wait().expect("wait for the gateway")
+        gateway.0.try_wait().expect("wait for the gateway")
     });
     assert!(status.success(), "{status}");
     let left: Vec<_> = std::fs::read_dir(tmp.path()).expect("TMPDIR").flatten().map(|entry| entry.path()).collect();
