@@ -461,4 +461,4 @@ fn take(left: u64, available: usize) -> usize {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

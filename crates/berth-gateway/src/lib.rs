@@ -29,6 +29,8 @@ mod serve_h1;
 mod sharded;
 mod spread;
 mod table;
+#[cfg(test)]
+mod test_rng;
 mod tls;
 mod upstream;
 

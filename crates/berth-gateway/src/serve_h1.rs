@@ -459,4 +459,6 @@ fn with_date(write: impl FnOnce(&[u8])) {
 }
 
 #[cfg(test)]
+pub(crate) mod agreement;
+#[cfg(test)]
 mod tests;

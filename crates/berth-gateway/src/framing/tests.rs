@@ -2,6 +2,7 @@ use std::collections::VecDeque;
 use std::task::Waker;
 
 use super::*;
+use crate::test_rng::Rng;
 
 const MAX_HEAD: usize = 8192;
 
@@ -135,7 +136,7 @@ fn refused_heads_and_end_of_input_pass_through() {
 
 #[test]
 fn randomized_splits_of_valid_pipelines_pass_unchanged() {
-    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+    let mut rng = Rng::for_case(0x9e37_79b9_7f4a_7c15, 0);
     for _ in 0..300 {
         let mut input = Vec::new();
         for _ in 0..rng.below(6) + 1 {
@@ -145,7 +146,7 @@ fn randomized_splits_of_valid_pipelines_pass_unchanged() {
         input.extend_from_slice(CONFLICT);
         let chunks = random_splits(&mut rng, &input);
         let chunks: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
-        let out_size = rng.below(64) as usize + 1;
+        let out_size = rng.below(64) + 1;
         let (out, _) = run(&chunks, out_size, MAX_HEAD);
         assert_eq!(out, corrupted(&input, &[conflict_at]), "{}", String::from_utf8_lossy(&input));
     }
@@ -153,20 +154,20 @@ fn randomized_splits_of_valid_pipelines_pass_unchanged() {
 
 #[test]
 fn random_bytes_never_panic_and_keep_their_length() {
-    let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
+    let mut rng = Rng::for_case(0x2545_f491_4f6c_dd1d, 0);
     let alphabet = b"\r\n:;, 0123456789abcdefABCDEF GET POST HTTP/1.1 Content-Length Transfer-Encoding chunked\x00\xff";
     for _ in 0..2000 {
         let mut input = random_request(&mut rng);
         for _ in 0..rng.below(8) {
-            let at = rng.below(input.len() as u64) as usize;
-            input[at] = alphabet[rng.below(alphabet.len() as u64) as usize];
+            let at = rng.below(input.len());
+            input[at] = alphabet[rng.below(alphabet.len())];
         }
         if rng.below(4) == 0 {
-            input = (0..rng.below(300)).map(|_| alphabet[rng.below(alphabet.len() as u64) as usize]).collect();
+            input = (0..rng.below(300)).map(|_| alphabet[rng.below(alphabet.len())]).collect();
         }
         let chunks = random_splits(&mut rng, &input);
         let chunks: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
-        let (out, _) = run(&chunks, rng.below(16) as usize + 1, 256);
+        let (out, _) = run(&chunks, rng.below(16) + 1, 256);
         assert_eq!(out.len(), input.len());
         // The only change the guard ever makes is a NUL in place of a header name's `:` or first byte.
         assert!(out.iter().zip(&input).all(|(o, i)| o == i || *o == CORRUPT));
@@ -256,12 +257,14 @@ fn find_all<'a>(haystack: &'a [u8], needle: &'a [u8]) -> impl Iterator<Item = us
         .filter(move |at| haystack[*at..*at + needle.len()].eq_ignore_ascii_case(needle))
 }
 
-fn random_request(rng: &mut XorShift) -> Vec<u8> {
+/// A valid request of any framing: no body, a `Content-Length` body or a chunked one (extensions,
+/// trailers), its body bytes chosen to tempt a confused parser.
+pub(crate) fn random_request(rng: &mut Rng) -> Vec<u8> {
     let mut res = Vec::new();
     if rng.below(5) == 0 {
         res.extend_from_slice(b"\r\n");
     }
-    let method: &[u8] = [&b"GET"[..], b"POST", b"PUT", b"DELETE"][rng.below(4) as usize];
+    let method: &[u8] = [&b"GET"[..], b"POST", b"PUT", b"DELETE"][rng.below(4)];
     res.extend_from_slice(method);
     res.extend_from_slice(b" /path?q=1 HTTP/1.1\r\nHost: web.localhost\r\n");
     for idx in 0..rng.below(4) {
@@ -297,30 +300,18 @@ fn random_request(rng: &mut XorShift) -> Vec<u8> {
 }
 
 /// Body bytes drawn mostly from framing-significant characters, to tempt a confused parser.
-fn random_body(rng: &mut XorShift, max: u64) -> Vec<u8> {
+fn random_body(rng: &mut Rng, max: usize) -> Vec<u8> {
     let alphabet = b"\r\n\r\n0;:abc GET / HTTP/1.1 Transfer-Encoding: chunked";
-    (0..rng.below(max + 1)).map(|_| alphabet[rng.below(alphabet.len() as u64) as usize]).collect()
+    (0..rng.below(max + 1)).map(|_| alphabet[rng.below(alphabet.len())]).collect()
 }
 
-fn random_splits(rng: &mut XorShift, input: &[u8]) -> Vec<Vec<u8>> {
+fn random_splits(rng: &mut Rng, input: &[u8]) -> Vec<Vec<u8>> {
     let mut res = Vec::new();
     let mut rest = input;
     while !rest.is_empty() {
-        let n = (rng.below(rest.len().min(80) as u64) as usize + 1).min(rest.len());
+        let n = (rng.below(rest.len().min(80)) + 1).min(rest.len());
         res.push(rest[..n].to_vec());
         rest = &rest[n..];
     }
     res
-}
-
-/// Fixed-seed xorshift64: the same cases on every run.
-struct XorShift(u64);
-
-impl XorShift {
-    fn below(&mut self, bound: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        if bound == 0 { 0 } else { self.0 % bound }
-    }
 }

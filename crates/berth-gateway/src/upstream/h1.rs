@@ -5,7 +5,8 @@
 //! dropped early takes it down with it.
 //!
 //! Framing follows RFC 9112 §6: `Transfer-Encoding` (chunked, else read to close) over `Content-Length`, no
-//! body for `HEAD`, 1xx, 204 and 304. An unparsable length or head is an error, never a response. A
+//! body for `HEAD`, 1xx, 204 and 304. An unparsable length or head, or an HTTP/1.0 response with a
+//! `Transfer-Encoding`, is an error, never a response. A
 //! connection never goes back to the pool after a response with both headers or a close-delimited body, or
 //! when the replica answered before a streamed upload was done.
 
@@ -386,6 +387,10 @@ fn framing(head: &mut Head, head_request: bool) -> io::Result<Framing> {
     if head_request || status == 204 || status == 304 {
         return Ok(Framing::Body { kind: State::Length(0), keep_alive });
     }
+    if head.version == Version::HTTP_10 && fields.transfer_encoding.is_some() {
+        // RFC 9112 §6.1: faulty framing, most likely an HTTP/1.1 body forwarded by an HTTP/1.0 hop.
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "Transfer-Encoding in an HTTP/1.0 response"));
+    }
     let kind = match (fields.transfer_encoding, fields.content_length) {
         (Some(chunked), length) => {
             if length.is_some() {
@@ -622,6 +627,10 @@ impl Body {
                     }
                     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
                     match httparse::parse_headers(&conn.buf, &mut fields) {
+                        // Lines end in CRLF here, as the chunk-size lines must (and as hyper wants).
+                        Ok(httparse::Status::Complete((len, _))) if has_bare_lf(&conn.buf[..len]) => {
+                            return Err(bad("a trailer line not ended by CRLF"));
+                        }
                         Ok(httparse::Status::Complete((len, fields))) => {
                             let mut trailers = HeaderMap::with_capacity(fields.len());
                             for field in fields {
@@ -645,6 +654,11 @@ impl Body {
 
 fn find_crlf(buf: &[u8]) -> Option<usize> {
     buf.windows(2).position(|pair| pair == b"\r\n")
+}
+
+/// Whether a line in `buf` ends in a LF without a CR before it.
+fn has_bare_lf(buf: &[u8]) -> bool {
+    buf.iter().enumerate().any(|(at, &byte)| byte == b'\n' && (at == 0 || buf[at - 1] != b'\r'))
 }
 
 impl http_body::Body for Body {
@@ -727,6 +741,8 @@ impl http_body::Body for Body {
     }
 }
 
+#[cfg(test)]
+mod agreement;
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -837,6 +853,8 @@ mod tests {
             &b"HTTP/1.1 200 OK\r\ncontent-length: 2, 3\r\n\r\nok"[..],
             &b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n"[..],
             &b"HTTP/1.1 2OO OK\r\n\r\n"[..],
+            // Kept alive and chunked, it would have gone back to the pool.
+            &b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n"[..],
         ] {
             let script: &'static [u8] = Box::leak(script.to_vec().into_boxed_slice());
             let addr = scripted(script, false).await.addr;
@@ -848,9 +866,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_broken_chunked_body_fails_the_stream() {
-        let (client, addr, res) = get(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n", false).await;
-        assert!(res.into_body().collect().await.is_err());
-        assert_eq!(idle(&client, addr), 0);
+        for script in [
+            &b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n"[..],
+            &b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\nx-trailer: 1\r\n\n"[..],
+        ] {
+            let script: &'static [u8] = Box::leak(script.to_vec().into_boxed_slice());
+            let (client, addr, res) = get(script, false).await;
+            assert!(res.into_body().collect().await.is_err(), "{}", String::from_utf8_lossy(script));
+            assert_eq!(idle(&client, addr), 0);
+        }
     }
 
     #[tokio::test]
