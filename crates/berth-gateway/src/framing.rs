@@ -11,9 +11,11 @@
 //! so hyper answers 400 and closes. Bodies are followed (`Content-Length` bytes, or the chunked framing)
 //! without being buffered, so the next pipelined request is found where hyper will find it.
 //!
-//! The guard stops inspecting and passes bytes through after an upgrade request (`Upgrade` header), a
-//! `CONNECT`, the HTTP/2 prior-knowledge preface, a header section larger than the limit (hyper answers
-//! 431) and any request hyper itself will refuse (it closes the connection after answering).
+//! The guard stops inspecting and passes bytes through after an upgrade request (`Upgrade` header) or a
+//! `CONNECT` (the answer to it closes the connection unless it switches protocols:
+//! `close_unless_switched`), the HTTP/2 prior-knowledge preface, a header section larger than the limit
+//! (hyper answers 431) and any request hyper itself will refuse (it closes the connection after
+//! answering): past any of these, no request reaches the gateway that the guard has not seen.
 
 use std::io;
 use std::pin::Pin;
@@ -454,6 +456,25 @@ fn last_coding_is_chunked(value: &[u8]) -> bool {
             .ok()
             .and_then(|value| value.rsplit(',').next())
             .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("chunked"))
+}
+
+/// Whether a request asks to switch protocols by the guard's rule (`parse_with`): an `Upgrade` field, or
+/// `CONNECT`. The guard stops following the connection after such a request.
+pub(crate) fn asks_upgrade<B>(req: &http::Request<B>) -> bool {
+    req.method() == http::Method::CONNECT || req.headers().contains_key(http::header::UPGRADE)
+}
+
+/// The rule that makes passing through after an upgrade request safe: the answer to it closes the
+/// connection unless it switches protocols (`101`, or a `2xx` to `CONNECT`, as hyper upgrades), so no
+/// request the guard has not seen can follow it. Every hyper service the gateway runs applies it
+/// (`gateway::hyper_service`).
+pub(crate) fn close_unless_switched<B>(method: &http::Method, res: &mut http::Response<B>) {
+    let status = res.status();
+    let switched =
+        status == http::StatusCode::SWITCHING_PROTOCOLS || (method == http::Method::CONNECT && status.is_success());
+    if !switched {
+        res.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+    }
 }
 
 fn take(left: u64, available: usize) -> usize {

@@ -16,7 +16,7 @@ use tracing::{debug, warn};
 
 use crate::cache::Cache;
 use crate::endpoint::EndpointState;
-use crate::framing::FramingGuard;
+use crate::framing::{self, FramingGuard};
 use crate::group_stats::GroupStats;
 use crate::metrics::{EjectReason, Metrics, RetryReason};
 use crate::proxy::{self, Ingress};
@@ -546,17 +546,43 @@ async fn serve_plain(
     peer: SocketAddr,
 ) {
     let handle = |req| proxy::handle_keeping_fields(&shared, &client, &ingress, peer, req);
+    let service = || proxy_service(shared.clone(), client.clone(), ingress.clone(), peer);
+    if let Err(error) = serve_plain_with(stream, &servers, handle, service).await {
+        debug!(peer = %peer, error = %error, "client connection ended with an error");
+    }
+}
+
+/// A plain connection: `serve_h1` serves the common request with `handle`; from the first request it
+/// leaves, hyper (behind the framing guard) serves the rest of the connection with the service `service`
+/// makes. Generic so that tests can watch what each side is handed.
+async fn serve_plain_with<H, F, B, M, S, RB>(
+    stream: TcpStream,
+    servers: &Servers,
+    handle: H,
+    service: M,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    H: FnMut(http::Request<proxy::ClientBody>) -> F,
+    F: Future<Output = Result<http::Response<B>, std::convert::Infallible>>,
+    B: http_body::Body<Data = bytes::Bytes> + serve_h1::CarriesFields,
+    M: FnOnce() -> S,
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<RB>,
+            Error = std::convert::Infallible,
+        >,
+    S::Future: Send + 'static,
+    RB: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    RB::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let (stream, read) = match serve_h1::serve(stream, servers.h1, handle).await {
-        serve_h1::Ended::Closed => return,
+        serve_h1::Ended::Closed => return Ok(()),
         serve_h1::Ended::Handover(stream, read) => (stream, read),
     };
     // hyper sees the connection from the first byte this side did not serve: its header-read timer runs
     // from there (there is at least one byte), and HTTP/2 prior knowledge is told from its preface.
-    let service = hyper_service(shared, client, ingress, peer);
     let io = TokioIo::new(FramingGuard::with_prefix(stream, servers.h1.max_head, &read));
-    if let Err(error) = servers.auto.serve_connection_with_upgrades(io, service).await {
-        debug!(peer = %peer, error = %error, "client connection ended with an error");
-    }
+    servers.auto.serve_connection_with_upgrades(io, service()).await
 }
 
 /// A TLS connection: the handshake (bounded by the header timeout), then HTTP/2 or HTTP/1.1 as ALPN chose.
@@ -575,7 +601,7 @@ async fn serve_tls(
         Err(_) => return debug!(peer = %peer, "TLS handshake not done in time"),
     };
     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-    let service = hyper_service(shared, client, ingress, peer);
+    let service = proxy_service(shared, client, ingress, peer);
     let io = TokioIo::new(FramingGuard::new(stream, servers.h1.max_head));
     // HTTP/1.1 alone here starts hyper's header-read timer at once, so a silent client is dropped in time.
     let served = if h2 {
@@ -589,7 +615,7 @@ async fn serve_tls(
 }
 
 /// The request path as a hyper service: each request's future owns what it needs.
-fn hyper_service(
+fn proxy_service(
     shared: Arc<Shared>,
     client: UpstreamClient,
     ingress: Arc<Ingress>,
@@ -600,9 +626,40 @@ fn hyper_service(
     Error = std::convert::Infallible,
     Future = impl Future<Output = Result<http::Response<proxy::ResBody>, std::convert::Infallible>> + Send,
 > + Clone {
-    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+    hyper_service(move |req: http::Request<hyper::body::Incoming>| {
         let (shared, client, ingress) = (shared.clone(), client.clone(), ingress.clone());
-        async move { proxy::handle(&shared, &client, &ingress, peer, req.map(http_body_util::Either::Left)).await }
+        async move {
+            let res = proxy::handle(&shared, &client, &ingress, peer, req.map(http_body_util::Either::Left)).await;
+            res.unwrap_or_else(|never| match never {})
+        }
+    })
+}
+
+/// `handle` as a hyper service, with the rule the framing guard relies on: an answer to a request that
+/// asks to switch protocols closes the connection unless it switches (see `framing::close_unless_switched`).
+fn hyper_service<H, F, B>(
+    handle: H,
+) -> impl hyper::service::Service<
+    http::Request<hyper::body::Incoming>,
+    Response = http::Response<B>,
+    Error = std::convert::Infallible,
+    Future = impl Future<Output = Result<http::Response<B>, std::convert::Infallible>> + Send,
+> + Clone
+where
+    H: Fn(http::Request<hyper::body::Incoming>) -> F + Clone,
+    F: Future<Output = http::Response<B>> + Send,
+    B: http_body::Body,
+{
+    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let upgrade = framing::asks_upgrade(&req).then(|| req.method().clone());
+        let answer = handle(req);
+        async move {
+            let mut res = answer.await;
+            if let Some(method) = upgrade {
+                framing::close_unless_switched(&method, &mut res);
+            }
+            Ok(res)
+        }
     })
 }
 
@@ -617,3 +674,6 @@ impl Drop for StopOnDrop {
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+#[cfg(test)]
+mod smuggling;
