@@ -458,10 +458,12 @@ fn last_coding_is_chunked(value: &[u8]) -> bool {
             .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("chunked"))
 }
 
-/// Whether a request asks to switch protocols by the guard's rule (`parse_with`): an `Upgrade` field, or
-/// `CONNECT`. The guard stops following the connection after such a request.
+/// Whether an HTTP/1 request asks to switch protocols by the guard's rule (`parse_with`): an `Upgrade`
+/// field, or `CONNECT`. The guard stops following the connection after such a request. (HTTP/2 has no
+/// `Connection` to close with, and its frames need no guard.)
 pub(crate) fn asks_upgrade<B>(req: &http::Request<B>) -> bool {
-    req.method() == http::Method::CONNECT || req.headers().contains_key(http::header::UPGRADE)
+    req.version() < http::Version::HTTP_2
+        && (req.method() == http::Method::CONNECT || req.headers().contains_key(http::header::UPGRADE))
 }
 
 /// The rule that makes passing through after an upgrade request safe: the answer to it closes the
