@@ -676,4 +676,6 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 #[cfg(test)]
+mod answers;
+#[cfg(test)]
 mod smuggling;

@@ -742,7 +742,7 @@ impl http_body::Body for Body {
 }
 
 #[cfg(test)]
-mod agreement;
+pub(crate) mod agreement;
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

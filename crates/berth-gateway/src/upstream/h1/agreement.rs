@@ -22,20 +22,28 @@ use crate::upstream::{UpstreamBody, UpstreamClient};
 
 /// What a client took an answer to be; hop-by-hop fields, which stop at a proxy, left out.
 #[derive(Debug, PartialEq, Eq)]
-struct Taken {
-    status: u16,
-    fields: Vec<(String, Vec<u8>)>,
-    body: Bytes,
+pub(crate) struct Taken {
+    pub(crate) status: u16,
+    pub(crate) fields: Vec<(String, Vec<u8>)>,
+    pub(crate) body: Bytes,
 }
 
 impl Taken {
-    fn new(status: http::StatusCode, headers: &http::HeaderMap, body: Bytes) -> Taken {
+    pub(crate) fn new(status: http::StatusCode, headers: &http::HeaderMap, body: Bytes) -> Taken {
         const HOP_BY_HOP: &[&str] =
             &["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"];
+        // Fields a `Connection` names are hop-by-hop too (RFC 9110 §7.6.1).
+        let named: Vec<String> = headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .flat_map(|value| crate::headers::list_tokens(value.as_bytes()))
+            .map(|token| String::from_utf8_lossy(token).to_ascii_lowercase())
+            .collect();
         // The gateway drops a `Content-Length` that `Transfer-Encoding` overrides; the body says the rest.
         let mut fields: Vec<_> = headers
             .iter()
-            .filter(|(name, _)| !HOP_BY_HOP.contains(&name.as_str()) && *name != http::header::CONTENT_LENGTH)
+            .filter(|(name, _)| !HOP_BY_HOP.contains(&name.as_str()) && !named.iter().any(|n| n == name.as_str()))
+            .filter(|(name, _)| *name != http::header::CONTENT_LENGTH)
             .map(|(name, value)| (name.to_string(), value.as_bytes().to_vec()))
             .collect();
         // Fields of different names may come in any order (RFC 9110 §5.3); of one name, only in theirs.
@@ -58,7 +66,7 @@ const VALUES: Choices = Choices {
 
 /// One answer: sometimes an interim `100` first, then a status line, fields and a body, framed by what
 /// the fields say (mostly truthfully); a wild one takes odd parts too and has a few bytes changed.
-fn generate(rng: &mut Rng) -> Vec<u8> {
+pub(crate) fn generate(rng: &mut Rng) -> Vec<u8> {
     let wild = rng.one_in(2);
     let mut out = Vec::new();
     if rng.one_in(10) {
@@ -93,7 +101,7 @@ fn generate(rng: &mut Rng) -> Vec<u8> {
 }
 
 /// A replica for one connection: it reads a request head, sends `answer` and closes its side.
-async fn replica(answer: Vec<u8>) -> SocketAddr {
+pub(crate) async fn replica(answer: Vec<u8>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("address");
     tokio::spawn(async move {
@@ -137,7 +145,11 @@ async fn gateway_takes(answer: Vec<u8>, method: &Method) -> Option<Taken> {
 
 /// hyper's client on the same answer: what it took, or why not.
 async fn hyper_takes(answer: Vec<u8>, method: &Method) -> Result<Taken, String> {
-    let addr = replica(answer).await;
+    hyper_takes_from(replica(answer).await, method).await
+}
+
+/// What hyper's client takes from the server at `addr` for one request.
+pub(crate) async fn hyper_takes_from(addr: SocketAddr, method: &Method) -> Result<Taken, String> {
     let stream = TcpStream::connect(addr).await.map_err(|error| error.to_string())?;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|error| error.to_string())?;
