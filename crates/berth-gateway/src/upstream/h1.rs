@@ -6,9 +6,9 @@
 //!
 //! Framing follows RFC 9112 §6: `Transfer-Encoding` (chunked, else read to close) over `Content-Length`, no
 //! body for `HEAD`, 1xx, 204 and 304. An unparsable length or head, or an HTTP/1.0 response with a
-//! `Transfer-Encoding`, is an error, never a response. A
-//! connection never goes back to the pool after a response with both headers or a close-delimited body, or
-//! when the replica answered before a streamed upload was done.
+//! `Transfer-Encoding`, is an error, never a response. A connection never goes back to the pool after a
+//! response with both headers or a close-delimited body, or when the replica answered before a streamed
+//! upload was done.
 
 use std::io;
 use std::net::SocketAddr;
