@@ -82,28 +82,31 @@ pub(crate) fn cargo_build(root: &Path, target_dir: &Path, flag: Option<&str>) ->
 }
 
 /// `llvm-profdata` of the LLVM version rustc is built on: a raw profile is only read by its own version.
+/// Looked for on `PATH` (`llvm-profdata-<major>`, then `llvm-profdata`) and then in rustc's sysroot, where
+/// rustup's `llvm-tools` component puts the one of rustc's own LLVM.
 fn llvm_profdata() -> Result<String, String> {
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
     let version = Command::new(&rustc).arg("-vV").output().map_err(|e| format!("{rustc} -vV: {e}"))?;
     let version = String::from_utf8_lossy(&version.stdout);
-    let Some(major) = version
-        .lines()
-        .find_map(|line| line.strip_prefix("LLVM version: "))
-        .and_then(|v| v.split('.').next())
-        .map(str::to_owned)
-    else {
+    let field = |name: &str| version.lines().find_map(|line| line.strip_prefix(name)).map(str::trim);
+    let Some(major) = field("LLVM version: ").and_then(|v| v.split('.').next()) else {
         return Err(format!("`{rustc} -vV` does not say its LLVM version"));
     };
     let versioned = format!("llvm-profdata-{major}");
-    for candidate in [versioned.as_str(), "llvm-profdata"] {
-        let Ok(out) = Command::new(candidate).arg("--version").output() else { continue };
+    let sysroot = Command::new(&rustc).args(["--print", "sysroot"]).output().ok();
+    let from_rustup = sysroot.zip(field("host: ")).map(|(sysroot, host)| {
+        let sysroot = String::from_utf8_lossy(&sysroot.stdout).trim().to_owned();
+        format!("{sysroot}/lib/rustlib/{host}/bin/llvm-profdata")
+    });
+    for candidate in [Some(versioned.clone()), Some("llvm-profdata".to_owned()), from_rustup].into_iter().flatten() {
+        let Ok(out) = Command::new(&candidate).arg("--version").output() else { continue };
         if String::from_utf8_lossy(&out.stdout).contains(&format!("LLVM version {major}.")) {
-            return Ok(candidate.to_owned());
+            return Ok(candidate);
         }
     }
     Err(format!(
         "PGO needs llvm-profdata from LLVM {major}, the version rustc is built on: install it with \
-         `apt install llvm-{major}` (it provides {versioned})"
+         `rustup component add llvm-tools` or `apt install llvm-{major}` (it provides {versioned})"
     ))
 }
 
