@@ -6,15 +6,15 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use http::{Method, Request, Response, Uri, header};
+use http::{Method, Request, Response, Uri};
 
-use crate::headers::X_REQUEST_ID;
+use crate::headers::{X_REQUEST_ID, request_host};
 
 /// What the access log needs from the request, captured before the request is consumed.
 pub(crate) struct AccessRequest {
     method: Method,
     uri: Uri,
-    host: Option<http::HeaderValue>,
+    host: String,
     client: SocketAddr,
 }
 
@@ -29,19 +29,18 @@ impl AccessRequest {
         AccessRequest {
             method: req.method().clone(),
             uri: req.uri().clone(),
-            host: req.headers().get(header::HOST).cloned(),
+            host: request_host(req.uri(), req.headers()).unwrap_or("").to_owned(),
             client,
         }
     }
 
     pub(crate) fn log<B>(self, destination: Option<Destination<'_>>, res: &Response<B>, elapsed: Duration) {
         let text = |value: Option<&http::HeaderValue>| value.and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-        let host = self.host.as_ref().and_then(|h| h.to_str().ok()).or(self.uri.host()).unwrap_or("");
         tracing::info!(
             target: "berth::access",
             client = %self.client.ip(),
             method = %self.method,
-            host,
+            host = self.host,
             path = self.uri.path_and_query().map_or("/", |p| p.as_str()),
             status = res.status().as_u16(),
             duration_ms = elapsed.as_secs_f64() * 1e3,

@@ -148,7 +148,7 @@ pub(crate) async fn serve(
         let res = proxy::proxy(target, req.map(Some), started).await;
         return answer_miss(res);
     }
-    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).or(req.uri().host());
+    let host = headers::request_host(req.uri(), req.headers());
     let primary = Key::primary(&service.name, req.method(), host, req.uri());
     loop {
         let (key, found) = cache.lookup(&primary, req.headers());

@@ -20,6 +20,18 @@ pub(crate) fn list_tokens(value: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]
     value.split(|&b| b == b',').map(<[u8]>::trim_ascii)
 }
 
+/// The host a request is for: its target's authority when it has one (the absolute form of HTTP/1.1, which
+/// wins over `Host` by RFC 9112 §3.2.2, or HTTP/2's and HTTP/3's `:authority`), else its `Host`.
+pub(crate) fn request_host<'r>(uri: &'r http::Uri, headers: &'r HeaderMap) -> Option<&'r str> {
+    uri.host().or_else(|| headers.get(header::HOST).and_then(|host| host.to_str().ok()))
+}
+
+/// `Host` for the replica when the target has an authority: that authority, without any user part.
+pub(crate) fn host_from_target(uri: &http::Uri) -> Option<HeaderValue> {
+    let authority = uri.authority()?.as_str();
+    HeaderValue::from_str(authority.rsplit('@').next().unwrap_or(authority)).ok()
+}
+
 /// Who is calling: ingress traffic is `external`.
 pub(crate) struct Forwarding<'a> {
     pub(crate) client_ip: IpAddr,

@@ -82,7 +82,7 @@ pub(crate) async fn handle_keeping_fields(
     crate::affinity::on_request(started);
     let access = shared.config.access_log.then(|| AccessRequest::new(&req, peer));
     let snapshot = shared.snapshot();
-    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).or(req.uri().host());
+    let host = headers::request_host(req.uri(), req.headers());
     let Some(service) = snapshot.service_for(host) else {
         let res = with_alt_svc(ProxyError::NoRoute.into_response(), ingress);
         if let Some(access) = access {
@@ -284,13 +284,12 @@ async fn attempt_all<'a>(
     let (mut parts, body) = req.into_parts();
     let idempotent = parts.method.is_idempotent();
     let forwarding = Forwarding { client_ip: peer.ip(), proto: ingress.proto, source: &shared.source };
-    let (request_id, added) = headers::rewrite_request(&mut parts.headers, &forwarding, upgrade);
-    if !parts.headers.contains_key(header::HOST) {
-        // HTTP/2 carries the host in the URI's authority; HTTP/1.1 upstreams need the header.
-        if let Some(authority) = parts.uri.authority().and_then(|a| HeaderValue::try_from(a.as_str()).ok()) {
-            parts.headers.insert(header::HOST, authority);
-        }
+    // The host the request was routed by is the one the replica and `X-Forwarded-Host` see: a target's
+    // authority replaces `Host` (HTTP/2 and HTTP/3 carry none, HTTP/1.1 upstreams need one).
+    if let Some(host) = headers::host_from_target(&parts.uri) {
+        parts.headers.insert(header::HOST, host);
     }
+    let (request_id, added) = headers::rewrite_request(&mut parts.headers, &forwarding, upgrade);
     let mut body = match body {
         Some(body) => prepare_body(body, &parts.headers, shared, deadline).await?,
         None => RequestBody::Buffered(Bytes::new()),

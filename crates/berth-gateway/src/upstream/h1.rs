@@ -446,10 +446,24 @@ impl Outgoing {
         wire.push(b' ');
         wire.extend_from_slice(path.as_bytes());
         wire.extend_from_slice(b" HTTP/1.1\r\n");
+        // An HTTP/2 or HTTP/3 client may split its cookies over several fields; an HTTP/1.1 replica gets
+        // them on one line, joined with "; " (RFC 9113 §8.2.3, RFC 9114 §4.2.1). A map yields the values of
+        // one name together, so the fields to join follow each other.
+        let mut after_cookie = false;
         for (name, value) in &parts.headers {
-            if name != header::CONTENT_LENGTH {
+            if name == header::CONTENT_LENGTH {
+                continue;
+            }
+            let cookie = name == header::COOKIE;
+            if cookie && after_cookie {
+                wire.truncate(wire.len() - 2);
+                wire.extend_from_slice(b"; ");
+                wire.extend_from_slice(value.as_bytes());
+                wire.extend_from_slice(b"\r\n");
+            } else {
                 write_field(&mut wire, name, value);
             }
+            after_cookie = cookie;
         }
         for (name, value) in added.iter() {
             write_raw_field(&mut wire, &name, value);

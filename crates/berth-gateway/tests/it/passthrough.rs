@@ -1,13 +1,16 @@
-//! What passes through the gateway and how: the 503 fast path, edge headers, and upgraded connections.
+//! What passes through the gateway and how: the 503 fast path, edge headers (over HTTP/2 too), and upgraded
+//! connections.
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{MockUpstream, PATIENCE, Reply, TestClient, TestGateway, config, status_of, table};
+use crate::support::{AbortOnDrop, MockUpstream, PATIENCE, Reply, TestClient, TestGateway, config, status_of, table};
 
 #[tokio::test]
 async fn a_service_without_replicas_answers_503_with_retry_after_at_once() {
@@ -40,6 +43,60 @@ async fn edge_headers_are_set_and_source_cannot_be_forged() {
     let lengths: Vec<usize> = parts.iter().map(|part| part.len()).collect();
     assert_eq!(lengths, [2, 32, 16, 2], "{traceparent}");
     assert!(traceparent.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit()), "{traceparent}");
+}
+
+/// HTTP/2 carries the host as `:authority` and lets a client split its cookies over fields; an HTTP/1.1
+/// replica still gets `Host`, `X-Forwarded-Host` and one `Cookie` line (RFC 9113 §8.2.3).
+#[tokio::test]
+async fn an_http2_request_reaches_an_http1_replica_with_its_host_and_one_cookie_line() {
+    let web = MockUpstream::start("web", Reply::Ok).await;
+    let gw = TestGateway::start(config()).await;
+    gw.gateway.update(&table(vec![web.grouped()]));
+    let stream = TcpStream::connect(gw.addr).await.expect("connect to the gateway");
+    let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+        .await
+        .expect("an HTTP/2 connection without TLS");
+    let _conn = AbortOnDrop(tokio::spawn(async move {
+        let _ = conn.await;
+    }));
+    let authority = format!("web.localhost:{}", gw.addr.port());
+    let req = Request::get(format!("http://{authority}/h2"))
+        .header(http::header::COOKIE, "a=1")
+        .header(http::header::COOKIE, "b=2; c=3")
+        .body(Full::<Bytes>::default())
+        .expect("valid request");
+    let res = tokio::time::timeout(PATIENCE, send.send_request(req)).await.expect("in time").expect("an answer");
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.version(), http::Version::HTTP_2);
+    let seen = web.seen().pop().expect("the replica got the request");
+    let cookies: Vec<_> = seen.headers.get_all(http::header::COOKIE).iter().collect();
+    assert_eq!(cookies, ["a=1; b=2; c=3"]);
+    assert_eq!(seen.headers[http::header::HOST], authority);
+    assert_eq!(seen.headers["x-forwarded-host"], authority);
+}
+
+/// A request target in absolute form names the host; a `Host` that says otherwise is ignored (RFC 9112
+/// §3.2.2), both for routing and for what the replica is told.
+#[tokio::test]
+async fn an_absolute_target_routes_by_its_own_host_not_the_host_field() {
+    let web = MockUpstream::start("web", Reply::Ok).await;
+    let api = MockUpstream::start("api", Reply::Ok).await;
+    let gw = TestGateway::start(config()).await;
+    let mut routing = table(vec![web.grouped()]);
+    let mut api_service = routing.services[0].clone();
+    (api_service.name, api_service.hosts, api_service.endpoints) =
+        ("api".to_owned(), vec!["api.example".to_owned()], vec![api.grouped()]);
+    routing.services.push(api_service);
+    gw.gateway.update(&routing);
+    let request = b"GET http://api.example:8080/abs HTTP/1.1\r\nHost: web.localhost\r\nConnection: close\r\n\r\n";
+    let mut stream = TcpStream::connect(gw.addr).await.expect("connect to the gateway");
+    stream.write_all(request).await.expect("write the request");
+    let head = tokio::time::timeout(PATIENCE, read_head(&mut stream)).await.expect("an answer in time");
+    assert_eq!(status_of(&head), Some(200), "{}", String::from_utf8_lossy(&head));
+    assert_eq!(web.hits(), 0, "routed by the Host field");
+    let seen = api.seen().pop().expect("api got the request");
+    assert_eq!(seen.headers[http::header::HOST], "api.example:8080");
+    assert_eq!(seen.headers["x-forwarded-host"], "api.example:8080");
 }
 
 #[tokio::test]
