@@ -48,9 +48,18 @@ impl ProxyError {
         }
     }
 
+    /// What the client is told. A replica's failure stays in the gateway's log: its detail names the
+    /// replica's address and what it did wrong, which is nobody's business outside.
+    fn client_text(&self) -> String {
+        match self {
+            ProxyError::Upstream(_) => "replica failed\n".to_owned(),
+            other => format!("{other}\n"),
+        }
+    }
+
     pub(crate) fn into_response(self) -> Response<ResBody> {
         let status = self.status();
-        let mut res = Response::new(Either::Right(Full::new(Bytes::from(format!("{self}\n")))));
+        let mut res = Response::new(Either::Right(Full::new(Bytes::from(self.client_text()))));
         *res.status_mut() = status;
         res.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
         if status == StatusCode::SERVICE_UNAVAILABLE {
@@ -61,5 +70,23 @@ impl ProxyError {
             rejection.write_fields(res.headers_mut());
         }
         res
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_replicas_failure_reaches_the_client_without_its_detail() {
+        let error = ProxyError::Upstream("HTTP/1.1 to 10.0.0.7:8081: bad response head: invalid header name".into());
+        let res = error.into_response();
+        assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+        let body = res.into_body().collect().await.expect("a whole body").to_bytes();
+        assert_eq!(body, "replica failed\n");
+        let limit = ProxyError::BodyTooLarge { limit: 1024 }.into_response().into_body().collect().await;
+        assert_eq!(limit.expect("a whole body").to_bytes(), "request body larger than 1024 bytes\n");
     }
 }

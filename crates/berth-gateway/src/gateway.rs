@@ -678,4 +678,8 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod answers;
 #[cfg(test)]
+mod one_replica;
+#[cfg(test)]
+mod over_h2;
+#[cfg(test)]
 mod smuggling;

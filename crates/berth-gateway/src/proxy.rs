@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body::Body as _;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
@@ -56,7 +57,9 @@ pub(crate) struct Ingress {
     pub(crate) redirect_port: Option<u16>,
 }
 
-/// A client's request to its answer, with every field in the response's map.
+/// A client's request to its answer, with every field in the response's map, and no content when the
+/// request was a HEAD (RFC 9110 §9.3.2): hyper's HTTP/1 server leaves such content out itself, its HTTP/2
+/// server and HTTP/3 would send it.
 pub(crate) async fn handle(
     shared: &Arc<Shared>,
     client: &UpstreamClient,
@@ -64,8 +67,18 @@ pub(crate) async fn handle(
     peer: SocketAddr,
     req: Request<ClientBody>,
 ) -> Result<Response<ResBody>, Infallible> {
+    let head = req.method() == Method::HEAD;
     let mut res = handle_keeping_fields(shared, client, ingress, peer, req).await?;
     complete_headers(&mut res);
+    if head && !res.body().is_end_stream() {
+        // The gateway's own answers and the cache's have content; the length a GET would get stays.
+        if let Some(length) = res.body().size_hint().exact()
+            && !res.headers().contains_key(header::CONTENT_LENGTH)
+        {
+            res.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        }
+        *res.body_mut() = Either::Right(Full::new(Bytes::new()));
+    }
     Ok(res)
 }
 
@@ -332,6 +345,11 @@ async fn attempt_all<'a>(
         let send = client.send(endpoint.addr, &endpoint.authority, service.protocol, (&parts, &added), attempt_body);
         tokio::pin!(send);
         let classify = |res: Result<Response<UpstreamBody>, SendError>| match res {
+            // A replica may switch protocols only when asked to (RFC 9110 §15.2.2); a client that was not
+            // asking would take the connection for switched.
+            Ok(res) if res.status() == StatusCode::SWITCHING_PROTOCOLS && !upgrade => {
+                Attempted::Failed("the replica switched protocols unasked".to_owned())
+            }
             Ok(res) => Attempted::Response(res),
             Err(SendError::NeverSent(detail)) => Attempted::NeverSent(detail),
             Err(SendError::Failed(detail)) => Attempted::Failed(detail),

@@ -4,42 +4,11 @@
 //! the gateway's 502 for an answer it refuses. The way through is the plain listener's (`serve_h1`, the
 //! replica's fields kept as read and written out as they are) and the gateway's own HTTP/1.1 client.
 
-use http::Method;
-use tokio::net::TcpListener;
+use http::{Method, Version};
 
+use super::one_replica::{gateway, table};
 use crate::test_rng::Rng;
 use crate::upstream::h1::agreement::{generate, hyper_takes_from, replica};
-use crate::{Gateway, GatewayConfig, Listeners, RoutingTable, ServiceRoutes, Upstream};
-
-/// A gateway on a loopback port, with one service, `web`, the default for every host.
-async fn gateway() -> (Gateway, std::net::SocketAddr) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("address");
-    let config = GatewayConfig { workers: 1, pin_workers: false, busy_poll: false, ..GatewayConfig::default() };
-    let gateway = Gateway::new(config);
-    let serving = gateway.clone();
-    tokio::spawn(async move { serving.serve(Listeners { http: Some(listener), ..Listeners::default() }).await });
-    (gateway, addr)
-}
-
-/// The table with the one replica at `addr` (a new instance every time: no pooled connection and no
-/// failure count carries over from another case).
-fn table(case: u64, addr: std::net::SocketAddr) -> RoutingTable {
-    let replica = Upstream { instance: format!("r{case}"), addr, group: "stable".to_owned(), weight: 100 };
-    RoutingTable {
-        services: vec![ServiceRoutes {
-            name: "web".to_owned(),
-            hosts: Vec::new(),
-            routes: Vec::new(),
-            endpoints: vec![replica],
-            protocol: Default::default(),
-            pools: Vec::new(),
-            redirect_https: false,
-            sticky: None,
-        }],
-        default_service: Some("web".to_owned()),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_of_the_gateway_reads_the_answer_a_client_of_the_replica_reads() {
@@ -50,12 +19,12 @@ async fn a_client_of_the_gateway_reads_the_answer_a_client_of_the_replica_reads(
         let mut rng = Rng::for_case(seed, case);
         let answer = generate(&mut rng);
         let method = if rng.one_in(8) { Method::HEAD } else { Method::GET };
-        let Ok(direct) = hyper_takes_from(replica(answer.clone()).await, &method).await else {
+        let Ok(direct) = hyper_takes_from(replica(answer.clone()).await, &method, Version::HTTP_11).await else {
             unread += 1;
             continue;
         };
         gateway.update(&table(case, replica(answer.clone()).await));
-        let via = hyper_takes_from(addr, &method).await;
+        let via = hyper_takes_from(addr, &method, Version::HTTP_11).await;
         let mut via = via.unwrap_or_else(|error| {
             panic!("case {case} (seed {seed:#x}): {:?} through the gateway: {error}", String::from_utf8_lossy(&answer))
         });

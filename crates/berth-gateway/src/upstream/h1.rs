@@ -301,6 +301,15 @@ enum Fields {
     Map(HeaderMap),
 }
 
+impl Fields {
+    fn drop_length(&mut self) {
+        match self {
+            Fields::Raw(fields) => fields.drop_length(),
+            Fields::Map(headers) => drop(headers.remove(header::CONTENT_LENGTH)),
+        }
+    }
+}
+
 enum Framing {
     Body { kind: State, keep_alive: bool },
     Upgrade,
@@ -385,6 +394,11 @@ fn framing(head: &mut Head, head_request: bool) -> io::Result<Framing> {
         _ => !fields.connection_close,
     };
     if head_request || status == 204 || status == 304 {
+        // No content follows. A `Content-Length` may still say what a GET would get (HEAD, 304), but a
+        // 204 has none (RFC 9110 §8.6), and a bad one is not passed on: an HTTP/2 client refuses it.
+        if status == 204 || matches!(fields.content_length, Some(Err(()))) {
+            head.fields.drop_length();
+        }
         return Ok(Framing::Body { kind: State::Length(0), keep_alive });
     }
     if head.version == Version::HTTP_10 && fields.transfer_encoding.is_some() {
@@ -394,10 +408,7 @@ fn framing(head: &mut Head, head_request: bool) -> io::Result<Framing> {
     let kind = match (fields.transfer_encoding, fields.content_length) {
         (Some(chunked), length) => {
             if length.is_some() {
-                match &mut head.fields {
-                    Fields::Raw(fields) => fields.drop_length(),
-                    Fields::Map(headers) => drop(headers.remove(header::CONTENT_LENGTH)),
-                }
+                head.fields.drop_length();
                 keep_alive = false;
             }
             if chunked { State::Chunked(Chunked::Size) } else { State::UntilClose }

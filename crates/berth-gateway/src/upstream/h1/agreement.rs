@@ -11,9 +11,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Request, Response};
+use http::{Method, Request, Response, Version};
 use http_body_util::{BodyExt, Either, Empty, Full};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -145,26 +145,43 @@ async fn gateway_takes(answer: Vec<u8>, method: &Method) -> Option<Taken> {
 
 /// hyper's client on the same answer: what it took, or why not.
 async fn hyper_takes(answer: Vec<u8>, method: &Method) -> Result<Taken, String> {
-    hyper_takes_from(replica(answer).await, method).await
+    hyper_takes_from(replica(answer).await, method, Version::HTTP_11).await
 }
 
-/// What hyper's client takes from the server at `addr` for one request.
-pub(crate) async fn hyper_takes_from(addr: SocketAddr, method: &Method) -> Result<Taken, String> {
+/// What hyper's client takes from the server at `addr` for one request, over HTTP/1.1 or (prior
+/// knowledge, no TLS) HTTP/2.
+pub(crate) async fn hyper_takes_from(addr: SocketAddr, method: &Method, version: Version) -> Result<Taken, String> {
     let stream = TcpStream::connect(addr).await.map_err(|error| error.to_string())?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|error| error.to_string())?;
-    let conn = tokio::spawn(conn);
-    let req = Request::builder().method(method).uri("/").header(http::header::HOST, "svc");
-    let req = req.body(Empty::<Bytes>::new()).expect("request");
-    let taken = async {
-        let res: Response<_> = sender.send_request(req).await.map_err(|error| error.to_string())?;
-        let (parts, body) = res.into_parts();
-        let body = body.collect().await.map_err(|error| error.to_string())?;
-        Ok(Taken::new(parts.status, &parts.headers, body.to_bytes()))
+    let io = TokioIo::new(stream);
+    let req = Request::builder().method(method);
+    let req = match version {
+        Version::HTTP_2 => req.uri("http://svc/"),
+        _ => req.uri("/").header(http::header::HOST, "svc"),
     };
-    let taken = tokio::time::timeout(Duration::from_secs(2), taken).await.map_err(|_| "no answer in 2 s".to_owned());
-    conn.abort();
-    taken?
+    let req = req.body(Empty::<Bytes>::new()).expect("request");
+    /// The connection's task, stopped when the exchange ends or times out.
+    struct Aborts(tokio::task::AbortHandle);
+    impl Drop for Aborts {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let taken = async {
+        let (_conn, res): (_, Response<_>) = if version == Version::HTTP_2 {
+            let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+            (Aborts(tokio::spawn(conn).abort_handle()), sender.send_request(req).await?)
+        } else {
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+            (Aborts(tokio::spawn(conn).abort_handle()), sender.send_request(req).await?)
+        };
+        let (parts, body) = res.into_parts();
+        let body = body.collect().await?.to_bytes();
+        Ok::<_, hyper::Error>(Taken::new(parts.status, &parts.headers, body))
+    };
+    match tokio::time::timeout(Duration::from_secs(2), taken).await {
+        Ok(taken) => taken.map_err(|error| error.to_string()),
+        Err(_) => Err("no answer in 2 s".to_owned()),
+    }
 }
 
 #[tokio::test]

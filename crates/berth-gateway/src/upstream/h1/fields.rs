@@ -56,7 +56,7 @@ impl ReplicaFields {
         self.lines.push(Line { start, name_end: start + name.len() as u32, value_start, value_end, crlf, kind });
     }
 
-    /// Drops the `Content-Length` fields (a `Transfer-Encoding` overrides them).
+    /// Drops the `Content-Length` fields (a `Transfer-Encoding` overrides them, a 204 has none).
     pub(super) fn drop_length(&mut self) {
         self.lines.retain(|line| line.kind != Kind::ContentLength);
     }
