@@ -1,9 +1,12 @@
 //! An HTTP/2 client's request reaches an HTTP/1.1 replica as the same request from an HTTP/1.1 client
-//! does, and the replica's answer reaches it as it reaches an HTTP/1.1 client. The way there: for generated requests (methods, targets, fields a browser or an API client sends, bodies), the
-//! replica reads the same method, target, fields and body whichever protocol the client spoke. What HTTP/2
-//! does differently on the wire (the host as `:authority`, cookies split over fields, lowercase names) is
-//! the gateway's to translate; fields the gateway makes up anew (a request id, a `traceparent`) are
-//! compared by presence only.
+//! does, and the replica's answer reaches it as it reaches an HTTP/1.1 client.
+//!
+//! On the way there, for generated requests (methods, targets, fields a browser or an API client sends,
+//! bodies), the replica reads the same method, target, fields and body whichever protocol the client
+//! spoke. What HTTP/2 does differently on the wire (the host as `:authority`, cookies split over fields,
+//! lowercase names) is the gateway's to translate; fields the gateway makes up anew (a request id, a
+//! `traceparent`) are compared by presence only. On the way back, for generated answers, both clients read
+//! the same, or both fail to.
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
