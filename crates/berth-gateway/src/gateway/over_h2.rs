@@ -15,12 +15,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Version};
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::{TcpListener, TcpStream};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
 
 use super::one_replica::{gateway, table};
 use crate::test_rng::{Choices, Rng};
-use crate::upstream::h1::agreement::{Taken, generate as generate_answer, hyper_takes_from, replica as replica_once};
+use crate::upstream::h1::agreement::{
+    Taken, generate as generate_answer, hyper_exchange, hyper_takes_from, replica as replica_once,
+};
 
 const METHODS: Choices = Choices { sane: "GET|GET|GET|HEAD|POST|POST|PUT|DELETE|OPTIONS|PATCH", odd: "" };
 const PATHS: Choices = Choices {
@@ -121,8 +123,6 @@ async fn replica() -> (std::net::SocketAddr, Arc<Mutex<Vec<Read>>>) {
 /// Sends `case` to the gateway at `addr` over HTTP/1.1 (`Host`, cookies on one line) or HTTP/2 (the host
 /// as `:authority`, every cookie pair a field of its own); returns the status.
 async fn send(addr: std::net::SocketAddr, case: &Case, version: Version) -> Result<u16, String> {
-    let stream = TcpStream::connect(addr).await.map_err(|error| error.to_string())?;
-    let io = TokioIo::new(stream);
     let mut req = Request::builder().method(case.method.clone());
     req = match version {
         Version::HTTP_2 => req.uri(format!("http://web.localhost{}", case.path)),
@@ -144,25 +144,8 @@ async fn send(addr: std::net::SocketAddr, case: &Case, version: Version) -> Resu
             headers.append(name, HeaderValue::from_static(piece));
         }
     }
-    let exchange = async {
-        let res = if version == Version::HTTP_2 {
-            let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
-            tokio::spawn(conn);
-            sender.send_request(req).await?
-        } else {
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
-            tokio::spawn(conn);
-            sender.send_request(req).await?
-        };
-        let status = res.status().as_u16();
-        res.into_body().collect().await?;
-        Ok::<_, hyper::Error>(status)
-    };
-    match tokio::time::timeout(Duration::from_secs(5), exchange).await {
-        Ok(Ok(status)) => Ok(status),
-        Ok(Err(error)) => Err(error.to_string()),
-        Err(_) => Err("no answer in 5 s".to_owned()),
-    }
+    let (parts, _) = hyper_exchange(addr, req, version, Duration::from_secs(5)).await?;
+    Ok(parts.status.as_u16())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

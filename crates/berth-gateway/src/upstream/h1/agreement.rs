@@ -151,14 +151,29 @@ async fn hyper_takes(answer: Vec<u8>, method: &Method) -> Result<Taken, String> 
 /// What hyper's client takes from the server at `addr` for one request, over HTTP/1.1 or (prior
 /// knowledge, no TLS) HTTP/2.
 pub(crate) async fn hyper_takes_from(addr: SocketAddr, method: &Method, version: Version) -> Result<Taken, String> {
-    let stream = TcpStream::connect(addr).await.map_err(|error| error.to_string())?;
-    let io = TokioIo::new(stream);
     let req = Request::builder().method(method);
     let req = match version {
         Version::HTTP_2 => req.uri("http://svc/"),
         _ => req.uri("/").header(http::header::HOST, "svc"),
     };
     let req = req.body(Empty::<Bytes>::new()).expect("request");
+    let (parts, body) = hyper_exchange(addr, req, version, Duration::from_secs(2)).await?;
+    Ok(Taken::new(parts.status, &parts.headers, body))
+}
+
+/// `req` sent by hyper's client on a new connection to `addr` (HTTP/1.1, or HTTP/2 with prior knowledge),
+/// and the answer read whole within `bound`; the connection's task ends with the exchange.
+pub(crate) async fn hyper_exchange<B>(
+    addr: SocketAddr,
+    req: Request<B>,
+    version: Version,
+    bound: Duration,
+) -> Result<(http::response::Parts, Bytes), String>
+where
+    B: http_body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     /// The connection's task, stopped when the exchange ends or times out.
     struct Aborts(tokio::task::AbortHandle);
     impl Drop for Aborts {
@@ -166,22 +181,22 @@ pub(crate) async fn hyper_takes_from(addr: SocketAddr, method: &Method, version:
             self.0.abort();
         }
     }
-    let taken = async {
-        let (_conn, res): (_, Response<_>) = if version == Version::HTTP_2 {
-            let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
-            (Aborts(tokio::spawn(conn).abort_handle()), sender.send_request(req).await?)
-        } else {
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
-            (Aborts(tokio::spawn(conn).abort_handle()), sender.send_request(req).await?)
+    let exchange = async {
+        let io = TokioIo::new(TcpStream::connect(addr).await.map_err(|error| error.to_string())?);
+        let hyper = async {
+            let (_conn, res): (_, Response<_>) = if version == Version::HTTP_2 {
+                let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+                (Aborts(tokio::spawn(conn).abort_handle()), sender.send_request(req).await?)
+            } else {
+                let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+                (Aborts(tokio::spawn(conn).abort_handle()), sender.send_request(req).await?)
+            };
+            let (parts, body) = res.into_parts();
+            Ok::<_, hyper::Error>((parts, body.collect().await?.to_bytes()))
         };
-        let (parts, body) = res.into_parts();
-        let body = body.collect().await?.to_bytes();
-        Ok::<_, hyper::Error>(Taken::new(parts.status, &parts.headers, body))
+        hyper.await.map_err(|error| error.to_string())
     };
-    match tokio::time::timeout(Duration::from_secs(2), taken).await {
-        Ok(taken) => taken.map_err(|error| error.to_string()),
-        Err(_) => Err("no answer in 2 s".to_owned()),
-    }
+    tokio::time::timeout(bound, exchange).await.unwrap_or_else(|_| Err(format!("no answer in {bound:?}")))
 }
 
 #[tokio::test]
